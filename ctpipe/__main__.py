@@ -1,0 +1,3 @@
+from ctpipe.cli import main
+
+main()

@@ -1,0 +1,190 @@
+"""Aggregation: run folders -> tidy CSV tables and PNG figures. Reads only the files runs leave behind."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctpipe.atomic import atomic_path
+
+# Models that are reference methods rather than the run's trained model (experiment column = "baseline").
+BASELINES: dict[str, str] = {
+    "fbp_hann": "FBP, Hann window, frequency scaling 0.641 (published LoDoPaB baseline)",
+    "identity": "input volume used as the prediction",
+    "trilinear_64": "64^3 prediction trilinearly upsampled",
+}
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    run_dir: Path
+    config: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def stage(self) -> str:
+        return str(self.config.get("stage", self.run_dir.parent.name))
+
+
+def find_runs(root: str | Path) -> list[RunFiles]:
+    """Every folder under ``root`` holding a ``config.json`` and an ``eval/`` folder."""
+    root = Path(root)
+    runs = []
+    for cfg_path in sorted(root.rglob("config.json")):
+        if (cfg_path.parent / "eval").is_dir():
+            runs.append(RunFiles(cfg_path.parent, json.loads(cfg_path.read_text())))
+    return runs
+
+
+def _run_facts(run: RunFiles) -> dict[str, Any]:
+    history = run.run_dir / "history.csv"
+    timing = run.run_dir / "timing.csv"
+    epochs = len(pd.read_csv(history)) if history.exists() else 0
+    wall = float(pd.read_csv(timing)["wall_s"].sum()) if timing.exists() else float("nan")
+    return {"epochs": epochs, "wall_time_s": round(wall, 2)}
+
+
+def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
+    frames = []
+    for run in runs:
+        for csv_path in sorted((run.run_dir / "eval").glob("*/*.csv")):
+            frame = pd.read_csv(csv_path)
+            split = csv_path.parent.name
+            model = str(frame["model"].iloc[0]) if len(frame) else csv_path.stem
+            experiment = "baseline" if model in BASELINES else str(run.config.get("experiment", run.stage))
+            frame.insert(0, "split", split)
+            frame.insert(0, "experiment", experiment)
+            frame.insert(0, "stage", run.stage)
+            frame.insert(0, "run", str(run.run_dir))
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    ids = {"run", "stage", "experiment", "split", "model", "sample_id", "patient_id"}
+    return [c for c in frame.columns if c not in ids and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def summary_table(per_sample: pd.DataFrame, runs: list[RunFiles]) -> pd.DataFrame:
+    """One row per run, model and split: means (and PSNR standard deviations) of the per-sample metrics."""
+    if per_sample.empty:
+        return pd.DataFrame()
+    keys = ["run", "stage", "experiment", "model", "split"]
+    metrics = metric_columns(per_sample)
+    grouped = per_sample.groupby(keys, sort=False)
+    summary = grouped[metrics].mean().reset_index()
+    for col in [c for c in metrics if c.startswith("psnr")]:
+        summary[f"{col}_std"] = grouped[col].std(ddof=0).values
+    summary.insert(len(keys), "n_samples", grouped.size().values)
+    facts = {str(r.run_dir): _run_facts(r) for r in runs}
+    summary["epochs"] = [facts[r]["epochs"] if e != "baseline" else 0 for r, e in zip(summary.run, summary.experiment)]
+    summary["wall_time_s"] = [facts[r]["wall_time_s"] if e != "baseline" else 0.0
+                              for r, e in zip(summary.run, summary.experiment)]
+    return summary
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6g")
+
+
+def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
+    """A grid of example slices: target and every model's prediction, with per-image PSNR."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    npz = run.run_dir / "eval" / split / "examples.npz"
+    if not npz.exists():
+        return None
+    data = dict(np.load(npz))
+    target = data.pop("target")
+    names = ["target", *sorted(data)]
+    n = target.shape[0]
+    fig, axes = plt.subplots(n, len(names), figsize=(2.6 * len(names), 2.6 * n), squeeze=False)
+    for i in range(n):
+        gt = _middle_slice(target[i])
+        vmin, vmax = float(gt.min()), float(gt.max())
+        for j, name in enumerate(names):
+            img = gt if name == "target" else _middle_slice(data[name][i])
+            ax = axes[i, j]
+            ax.imshow(img.T, cmap="gray", vmin=vmin, vmax=vmax, origin="lower")
+            ax.set_xticks([]), ax.set_yticks([])
+            if name != "target":
+                mse = float(np.mean((img - gt) ** 2))
+                rng = vmax - vmin
+                ax.set_xlabel(f"PSNR {10 * np.log10(rng ** 2 / max(mse, 1e-20)):.2f} dB (range=per_image)", fontsize=7)
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(f"{run.stage} / {run.name} / {split}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def _middle_slice(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    while arr.ndim > 2:
+        arr = arr[arr.shape[0] // 2]
+    return arr
+
+
+def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if summary.empty or column not in summary:
+        return None
+    rows = summary[summary.split == "test"] if (summary.split == "test").any() else summary
+    labels = [f"{Path(r).name}\n{m}" for r, m in zip(rows.run, rows.model)]
+    fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows)), 3.5))
+    ax.bar(range(len(rows)), rows[column])
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    low = float(np.nanmin(rows[column])) if len(rows) else 0.0
+    ax.set_ylim(low - 2, None)
+    ax.set_ylabel(column)
+    ax.set_title(f"{column} on the {rows.split.iloc[0]} split")
+    fig.tight_layout()
+    with atomic_path(out_png, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``summary.csv``, ``per_sample.csv`` and PNGs for every evaluated run under ``runs_dir``."""
+    runs = find_runs(runs_dir)
+    if not runs:
+        raise FileNotFoundError(f"no evaluated runs under {runs_dir} (looked for */config.json with an eval/ folder); "
+                                "train a stage first, e.g. `ctpipe train fbp_window --run-dir runs/fbp_window/a`")
+    out_dir = Path(out_dir)
+    per_sample = per_sample_table(runs)
+    summary = summary_table(per_sample, runs)
+    outputs = {"summary": out_dir / "summary.csv", "per_sample": out_dir / "per_sample.csv"}
+    _write_frame(summary, outputs["summary"])
+    _write_frame(per_sample, outputs["per_sample"])
+    psnr_cols = [c for c in summary.columns if c.startswith("psnr") and not c.endswith("_std")]
+    if psnr_cols:
+        chart = plot_summary(summary, out_dir / "psnr.png", psnr_cols[-1])
+        if chart:
+            outputs["psnr_png"] = chart
+    for run in runs:
+        for split in ("test", "validation"):
+            png = plot_examples(run, split, out_dir / f"{run.stage}-{run.name}-{split}.png")
+            if png:
+                outputs[f"examples_{run.name}_{split}"] = png
+                break
+    return outputs

@@ -1,0 +1,92 @@
+"""Run one training stage in one process (of possibly many ranks): the function every launcher calls.
+
+``ctpipe train``, the submitit job, ``srun`` inside an sbatch script and torchrun all end up here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ctpipe import distributed as dist_utils
+from ctpipe.atomic import atomic_write_json
+from ctpipe.config import ConfigError, build_config, load_json, to_dict
+from ctpipe.paths import stage_configs_dir
+from ctpipe.stages import get_stage
+from ctpipe.train import FitResult, StopFlag, Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    stage: str
+    run_dir: str
+    status: str
+    epoch: int
+    best_metric: float | None
+
+
+def stage_config_path(stage: str) -> Path:
+    return stage_configs_dir() / f"{stage}.json"
+
+
+def resolve_config(stage: str, run_dir: Path, overrides: Sequence[str] = (), config_path: str | Path | None = None) -> Any:
+    """Stage config = packaged JSON (or ``config_path``) + overrides; a resumed run reuses its saved config."""
+    spec = get_stage(stage)
+    saved = run_dir / "config.json"
+    if saved.exists() and config_path is None:
+        base = load_json(saved)
+    else:
+        base = load_json(config_path or stage_config_path(stage))
+    cfg = build_config(spec.config_cls, base, overrides, where=f"{stage} config")
+    if getattr(cfg, "stage", stage) != stage:
+        raise ConfigError(f"config says stage={cfg.stage!r} but stage {stage!r} was asked for")
+    return cfg
+
+
+def configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=os.environ.get("CTPIPE_LOG_LEVEL", "INFO"),
+                            format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+
+
+def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), config_path: str | Path | None = None,
+              force_resume: bool = False, stop_flag: StopFlag | None = None, evaluate: bool = True) -> RunResult:
+    """Train ``stage`` in ``run_dir`` (resuming when it holds a checkpoint), then run its final evaluation."""
+    configure_logging()
+    run_dir = Path(run_dir)
+    spec = get_stage(stage)
+    cfg = resolve_config(stage, run_dir, overrides, config_path)
+    env = dist_utils.detect_env()
+    device = dist_utils.pick_device(cfg.train.device, env)
+    dist_utils.init_distributed(env, device)
+    try:
+        if env.is_main:
+            atomic_write_json(run_dir / "config.json", to_dict(cfg))
+        seed_everything(cfg.train.seed)
+        task = spec.build_task(cfg, env, device)
+        trainer = Trainer(task, cfg.train, cfg.scheduler, run_dir, device, env, stop_flag,
+                          config_dict=to_dict(cfg), force_resume=force_resume,
+                          batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+        flag = trainer.stop_flag
+        with flag.installed():
+            result: FitResult = trainer.fit()
+        if evaluate and result.status in ("completed", "early_stopped"):
+            spec.final_evaluation(cfg, task, run_dir, device, env)
+            trainer.event("evaluated")
+        dist_utils.barrier()
+        log.info("stage %s in %s: %s at epoch %d", stage, run_dir, result.status, result.epoch)
+        return RunResult(stage, str(run_dir), result.status, result.epoch, result.best_metric)
+    finally:
+        dist_utils.shutdown()
+
+
+def summarize(result: RunResult) -> str:
+    return json.dumps(result.__dict__)

@@ -1,0 +1,24 @@
+"""The training stages, by name. Stage names are used everywhere: configs, sbatch scripts, run folders, CSVs.
+
+Each stage module provides a :class:`Stage`: its config dataclass, how to build the trainer's task, and
+its final evaluation. The mapping is an explicit dict (no registry magic).
+"""
+
+from __future__ import annotations
+
+from ctpipe.stages.base import Stage
+from ctpipe.stages.fbp_window import FBP_WINDOW
+
+STAGE_NAMES = ("fbp_window", "fbp_unet", "stage1_64", "refine_256", "direct_256", "pix2pix_phase")
+
+STAGES: dict[str, Stage] = {
+    "fbp_window": FBP_WINDOW,
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        planned = [n for n in STAGE_NAMES if n not in STAGES]
+        raise KeyError(f"unknown stage {name!r}; available stages: {sorted(STAGES)}"
+                       + (f" (not yet implemented: {planned})" if planned else ""))
+    return STAGES[name]

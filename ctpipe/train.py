@@ -1,0 +1,505 @@
+"""The Trainer shared by every stage: epochs, exact resume, checkpoints, preemption, early stopping.
+
+A stage hands the trainer a :class:`Task` (its modules, optimizers, datasets and two step functions). The
+trainer knows no scheduler system: a preemption reaches it as a flag (:class:`StopFlag`), it finishes the
+current step, writes ``latest.pt`` and returns ``"preempted"``; the launcher decides about requeueing.
+
+Exact resume: the data order is a pure function of (seed, epoch); everything else that changes during
+training (weights, optimizer/scheduler/scaler state, RNG states, running sums of the epoch, history,
+early-stopping state) is in the checkpoint, which is taken between steps. An interrupted and resumed CPU run
+therefore ends with bit-identical weights and ``history.csv``. Wall-clock figures go to ``timing.csv``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ctpipe import checkpoint as ckpt
+from ctpipe import distributed as dist_utils
+from ctpipe.atomic import atomic_write_text
+from ctpipe.config import SchedulerConfig, TrainConfig
+from ctpipe.schedules import EpochScheduler
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+class ConfigMismatchError(RuntimeError):
+    """A run folder's checkpoint was made with a different model/optimizer configuration."""
+
+
+# ---- preemption ------------------------------------------------------------------------------------
+class StopFlag:
+    """Set by a signal (SIGUSR2, SIGTERM) or by code; the trainer checks it after every step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self.previous_handlers: dict[int, Any] = {}
+
+    def set(self, reason: str = "requested") -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    @contextlib.contextmanager
+    def installed(self, signals: Sequence[int] = (signal.SIGUSR2, signal.SIGTERM)) -> Iterator["StopFlag"]:
+        """Route ``signals`` to this flag for the duration of the block (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in signals}
+        self.previous_handlers = dict(previous)
+
+        def handler(signum: int, _frame: Any) -> None:
+            self.set(signal.Signals(signum).name)
+
+        for sig in signals:
+            signal.signal(sig, handler)
+        try:
+            yield self
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+
+# ---- the stage's side ------------------------------------------------------------------------------
+class Task(Protocol):
+    """What a stage provides to the trainer."""
+
+    modules: dict[str, nn.Module]          # everything trained or saved, by name
+    optimizers: dict[str, Optimizer]        # by name (pix2pix: "G" and "D")
+    train_set: Dataset
+    val_set: Dataset | None
+    fingerprint: dict[str, Any]             # model/optimizer config: resuming with another one is refused
+
+    def train_step(self, batch: Mapping[str, Any], stepper: "Stepper") -> dict[str, torch.Tensor]:
+        """Forward + ``stepper.backward(loss, name)`` per optimizer; returns detached loss terms (scalars)."""
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-sample validation values, each of shape (B,); must include ``loss``."""
+
+
+# ---- data order --------------------------------------------------------------------------------------
+class ResumableSampler(Sampler[int]):
+    """Rank-sharded sample order that is a pure function of (seed, epoch) and can start mid-epoch.
+
+    Like DistributedSampler it pads the permutation to a multiple of the world size (training only).
+    """
+
+    def __init__(self, n: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 pad: bool = True) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def rank_indices(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            order = list(range(self.n))
+        if self.pad and self.world_size > 1 and self.n % self.world_size:
+            extra = self.world_size - self.n % self.world_size
+            order += order[:extra]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.rank_indices()[self.start :])
+
+    def __len__(self) -> int:
+        return max(len(self.rank_indices()) - self.start, 0)
+
+
+def collate(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings/ints as lists."""
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+# ---- optimisation mechanics --------------------------------------------------------------------------
+class Stepper:
+    """AMP autocast, GradScaler, gradient accumulation and clipping for the task's optimizers."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device, optimizers: Mapping[str, Optimizer],
+                 schedulers: Mapping[str, EpochScheduler]) -> None:
+        self.cfg, self.device = cfg, device
+        self.optimizers, self.schedulers = optimizers, schedulers
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        use_scaler = cfg.amp == "fp16" and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.micro_step = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def at_boundary(self) -> bool:
+        return (self.micro_step + 1) % self.cfg.grad_accum == 0
+
+    def backward(self, loss: torch.Tensor, name: str) -> None:
+        """Backward for optimizer ``name``; steps it when the accumulation window is complete."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) for optimizer {name!r}")
+        self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        if not self.at_boundary:
+            return
+        optimizer = self.optimizers[name]
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        self.schedulers[name].after_step()
+
+    def end_micro_step(self) -> None:
+        self.micro_step += 1
+
+
+# ---- the trainer ---------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    status: str  # "completed" | "early_stopped" | "segment_done" | "preempted"
+    epoch: int
+    best_metric: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+class Trainer:
+    """Runs a :class:`Task` for ``cfg.epochs`` epochs in ``run_dir`` with exact, checkpointed resume."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, sched_cfg: SchedulerConfig, run_dir: str | Path,
+                 device: torch.device, env: dist_utils.DistEnv | None = None, stop_flag: StopFlag | None = None,
+                 config_dict: dict[str, Any] | None = None, force_resume: bool = False,
+                 batch_size: int = 8, num_workers: int = 0, progress: bool | None = None) -> None:
+        self.task, self.cfg, self.device = task, cfg, device
+        self.env = env or dist_utils.DistEnv()
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.stop_flag = stop_flag or StopFlag()
+        self.config_dict = config_dict or {}
+        self.force_resume = force_resume
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.sampler = ResumableSampler(len(task.train_set), shuffle=True, seed=cfg.seed,
+                                        rank=self.env.rank, world_size=self.env.world_size)
+        steps = math.ceil(len(self.sampler.rank_indices()) / batch_size)
+        self.steps_per_epoch = min(steps, cfg.max_steps_per_epoch or steps)
+        self.schedulers = {name: EpochScheduler(opt, sched_cfg, cfg.epochs, self.steps_per_epoch)
+                           for name, opt in task.optimizers.items()}
+        self.stepper = Stepper(cfg, device, task.optimizers, self.schedulers)
+        self.train_modules = self._wrap_modules()
+        self.state = self._fresh_state()
+        self._last_save = time.monotonic()
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def _wrap_modules(self) -> dict[str, nn.Module]:
+        wrapped = {}
+        for name, module in self.task.modules.items():
+            module.to(self.device)
+            trainable = any(p.requires_grad for p in module.parameters())
+            if self.env.distributed and trainable:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+            if self.cfg.compile and trainable:
+                module = torch.compile(module)  # type: ignore[assignment]
+            wrapped[name] = module
+        return wrapped
+
+    def _fresh_state(self) -> dict[str, Any]:
+        return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_metric": None, "bad_epochs": 0,
+                "history": [], "timing": [], "epoch_sums": {}, "epoch_count": 0, "epoch_elapsed": 0.0,
+                "stopped_early": False}
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    def _checkpoint_dict(self) -> dict[str, Any]:
+        return {
+            **self.state,
+            "models": {n: m.state_dict() for n, m in self.task.modules.items()},
+            "optimizers": {n: o.state_dict() for n, o in self.task.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "scaler": self.stepper.scaler.state_dict(),
+            "micro_step": self.stepper.micro_step,
+            "rng": ckpt.capture_rng(),
+            "fingerprint": json.dumps(self.task.fingerprint, sort_keys=True),
+            "config": json.dumps(self.config_dict, sort_keys=True),
+        }
+
+    def save(self, kind: str = "latest") -> None:
+        """Write a checkpoint (rank 0 only); ``kind`` is latest, best or periodic."""
+        if self.env.is_main:
+            state = self._checkpoint_dict()
+            if kind == "latest":
+                ckpt.save_latest(state, self.ckpt_dir)
+            elif kind == "best":
+                ckpt.save_checkpoint(state, self.ckpt_dir / ckpt.BEST)
+            else:
+                ckpt.save_checkpoint(state, self.ckpt_dir / f"epoch_{self.state['epoch']:03d}.pt")
+        self._last_save = time.monotonic()
+
+    def resume(self) -> Path | None:
+        """Load the newest readable checkpoint of the run folder, if any."""
+        found = ckpt.load_newest(self.ckpt_dir)
+        if found is None:
+            return None
+        path, saved = found
+        fingerprint = json.dumps(self.task.fingerprint, sort_keys=True)
+        if saved["fingerprint"] != fingerprint and not self.force_resume:
+            raise ConfigMismatchError(
+                f"{path} was written with model/optimizer settings {saved['fingerprint']}, but this run asks for "
+                f"{fingerprint}; use a new --run-dir, or pass --force-resume to continue anyway")
+        for name, module in self.task.modules.items():
+            module.load_state_dict(saved["models"][name])
+        for name, opt in self.task.optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(saved["schedulers"][name])
+        self.stepper.scaler.load_state_dict(saved["scaler"])
+        self.stepper.micro_step = saved["micro_step"]
+        ckpt.restore_rng(saved["rng"])
+        self.state = {k: saved[k] for k in self._fresh_state()}
+        log.info("resumed from %s at epoch %d step %d", path, self.state["epoch"], self.state["step_in_epoch"])
+        self.event("resumed", path=str(path), epoch=self.state["epoch"], step=self.state["step_in_epoch"])
+        return path
+
+    # -- logging ------------------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        if not self.env.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "events.jsonl", "a") as handle:
+            handle.write(json.dumps({"time": time.time(), "event": kind, **fields}) + "\n")
+
+    def _write_tables(self) -> None:
+        if self.env.is_main:
+            _write_csv(self.run_dir / "history.csv", self.state["history"])
+            _write_csv(self.run_dir / "timing.csv", self.state["timing"])
+
+    # -- loops --------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, sampler: Sampler[int], batch_size: int, seed: int = 0) -> DataLoader:
+        # A private generator: creating an iterator must not draw from the global RNG (it would shift dropout
+        # masks after a mid-epoch resume), and worker seeds become a function of (seed, epoch).
+        generator = torch.Generator().manual_seed(seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, generator=generator)
+
+    def _add_terms(self, terms: Mapping[str, torch.Tensor]) -> None:
+        sums = self.state["epoch_sums"]
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        self.state["epoch_count"] += 1
+
+    def _train_epoch_means(self) -> dict[str, float]:
+        keys = sorted(self.state["epoch_sums"])
+        local = torch.tensor([self.state["epoch_sums"][k] for k in keys] + [self.state["epoch_count"]],
+                             dtype=torch.float64)
+        total = dist_utils.all_reduce_sum(local)
+        count = max(total[-1].item(), 1.0)
+        return {f"train_{k}": total[i].item() / count for i, k in enumerate(keys)}
+
+    def _set_train_mode(self, training: bool) -> None:
+        for module in self.task.modules.values():
+            module.train(training)
+
+    def _run_train_steps(self) -> bool:
+        """Train the rest of the current epoch; returns False when stopped by the flag."""
+        epoch = self.state["epoch"]
+        self.sampler.set_epoch(epoch, self.state["step_in_epoch"] * self.batch_size)
+        loader = self._loader(self.task.train_set, self.sampler, self.batch_size,
+                              seed=self.cfg.seed * 1_000_003 + epoch)
+        self._set_train_mode(True)
+        start = time.monotonic()
+        seen = 0
+        bar = _progress(self.progress and self.env.is_main, total=self.steps_per_epoch,
+                        initial=self.state["step_in_epoch"], desc=f"epoch {epoch}")
+        for batch in loader:
+            if self.state["step_in_epoch"] >= self.steps_per_epoch:
+                break
+            batch = _to_device(batch, self.device)
+            terms = self.task.train_step(batch, self.stepper)
+            self.stepper.end_micro_step()
+            self._add_terms(terms)
+            self.state["step_in_epoch"] += 1
+            self.state["global_step"] += 1
+            seen += len(batch.get("index", [0]))
+            bar.update(1)
+            if self.state["global_step"] % self.cfg.log_every == 0:
+                self._log_step(terms, seen, time.monotonic() - start)
+            if self._should_stop():
+                bar.close()
+                return False
+            if time.monotonic() - self._last_save > self.cfg.checkpoint_interval_s:
+                self.save("latest")
+        bar.close()
+        return True
+
+    def _should_stop(self) -> bool:
+        """The flag, agreed on by all ranks (a signal may reach them between different steps)."""
+        flag = torch.tensor([1.0 if self.stop_flag.is_set() else 0.0], dtype=torch.float64)
+        return bool(dist_utils.all_reduce_sum(flag).item() > 0)
+
+    def _log_step(self, terms: Mapping[str, torch.Tensor], seen: int, elapsed: float) -> None:
+        lr = next(iter(self.task.optimizers.values())).param_groups[0]["lr"]
+        text = " ".join(f"{k}={float(v):.5g}" for k, v in terms.items())
+        log.info("epoch %d step %d/%d %s lr=%.3g samples/s=%.1f", self.state["epoch"], self.state["step_in_epoch"],
+                 self.steps_per_epoch, text, lr, seen * self.env.world_size / max(elapsed, 1e-9))
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> dict[str, float]:
+        """Mean of the task's per-sample values over ``dataset`` (all ranks; each sample counted once)."""
+        sampler = ResumableSampler(len(dataset), shuffle=False, seed=0, rank=self.env.rank,
+                                   world_size=self.env.world_size, pad=False)
+        self._set_train_mode(False)
+        rows: list[tuple[int, dict[str, float]]] = []
+        for batch in self._loader(dataset, sampler, batch_size or self.batch_size):
+            batch = _to_device(batch, self.device)
+            with self.stepper.autocast():
+                values = self.task.eval_step(batch)
+            for i, index in enumerate(batch["index"]):
+                rows.append((int(index), {k: float(v[i]) for k, v in values.items()}))
+        gathered = sorted((r for part in dist_utils.all_gather_objects(rows) for r in part), key=lambda r: r[0])
+        keys = gathered[0][1].keys() if gathered else []
+        return {k: math.fsum(r[1][k] for r in gathered) / len(gathered) for k in keys}
+
+    def _end_epoch(self, elapsed: float) -> bool:
+        """Validation, schedulers, history, checkpoints; returns True when early stopping triggers."""
+        epoch = self.state["epoch"]
+        row: dict[str, Any] = {"epoch": epoch + 1, **self._train_epoch_means()}
+        monitor_value = None
+        if self.task.val_set is not None and (epoch + 1) % self.cfg.val_every == 0:
+            val = {f"val_{k}": v for k, v in self.evaluate(self.task.val_set).items()}
+            row.update(val)
+            monitor_value = val.get(self.cfg.monitor, row.get(self.cfg.monitor))
+            if monitor_value is None:
+                raise KeyError(f"train.monitor={self.cfg.monitor!r} is not among {sorted(row)}")
+        for name, opt in self.task.optimizers.items():
+            row[f"lr_{name}" if len(self.task.optimizers) > 1 else "lr"] = opt.param_groups[0]["lr"]
+        for sched in self.schedulers.values():
+            sched.after_epoch(monitor_value)
+        improved = self._update_best(monitor_value)
+        self.state["history"].append(row)
+        n_samples = self.steps_per_epoch * self.batch_size * self.env.world_size
+        self.state["timing"].append({"epoch": epoch + 1, "wall_s": round(elapsed, 3),
+                                     "samples_per_s": round(n_samples / max(elapsed, 1e-9), 3)})
+        self.state.update(epoch=epoch + 1, step_in_epoch=0, epoch_sums={}, epoch_count=0, epoch_elapsed=0.0)
+        stop = (self.cfg.early_stopping_patience is not None and monitor_value is not None
+                and self.state["bad_epochs"] > self.cfg.early_stopping_patience - 1)
+        self.state["stopped_early"] = stop
+        if improved:
+            self.save("best")
+        if self.cfg.checkpoint_every and self.state["epoch"] % self.cfg.checkpoint_every == 0:
+            self.save("periodic")
+        self.save("latest")
+        self._write_tables()
+        log.info("epoch %d done: %s", epoch + 1, {k: (round(v, 6) if isinstance(v, float) else v)
+                                                  for k, v in row.items()})
+        self.event("epoch_end", **{k: v for k, v in row.items()})
+        return stop
+
+    def _update_best(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        best = self.state["best_metric"]
+        better = best is None or (value < best if self.cfg.monitor_mode == "min" else value > best)
+        if better:
+            self.state["best_metric"], self.state["bad_epochs"] = value, 0
+        else:
+            self.state["bad_epochs"] += 1
+        return better
+
+    def fit(self) -> FitResult:
+        """Resume if possible, then train until done, early-stopped, a segment ends, or preempted."""
+        self.resume()
+        if not self.state["history"] and self.state["global_step"] == 0:
+            torch.manual_seed(self.cfg.seed)
+        epochs_this_call = 0
+        status = "completed"
+        while not self.state["stopped_early"] and self.state["epoch"] < self.cfg.epochs:
+            if self.cfg.segment_epochs and epochs_this_call >= self.cfg.segment_epochs:
+                status = "segment_done"
+                break
+            started = time.monotonic() - self.state["epoch_elapsed"]
+            if not self._run_train_steps():
+                self.state["epoch_elapsed"] = time.monotonic() - started
+                self.save("latest")
+                self.event("preempted", reason=self.stop_flag.reason, epoch=self.state["epoch"],
+                           step=self.state["step_in_epoch"])
+                return FitResult("preempted", self.state["epoch"], self.state["best_metric"], self.state["history"])
+            if self._end_epoch(time.monotonic() - started):
+                status = "early_stopped"
+            epochs_this_call += 1
+        if status == "segment_done" and self.state["epoch"] >= self.cfg.epochs:
+            status = "completed"
+        if self.state["stopped_early"]:
+            status = "early_stopped"
+        self._write_tables()
+        self.event("fit_end", status=status, epoch=self.state["epoch"])
+        return FitResult(status, self.state["epoch"], self.state["best_metric"], self.state["history"])
+
+
+def _progress(enabled: bool, **kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(disable=not enabled, leave=False, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,70 @@
+import dataclasses
+import json
+
+import pytest
+
+from ctpipe.config import ConfigError, DataConfig, apply_overrides, build_config, from_dict, load_json, to_dict
+from ctpipe.runner import stage_config_path
+from ctpipe.stages import STAGES, get_stage
+from ctpipe.stages.fbp_window import FBPWindowConfig
+
+
+def test_packaged_stage_configs_load_and_round_trip():
+    for name, stage in STAGES.items():
+        data = load_json(stage_config_path(name))
+        cfg = from_dict(stage.config_cls, data)
+        assert cfg.stage == name
+        assert from_dict(stage.config_cls, to_dict(cfg)) == cfg
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = build_config(FBPWindowConfig, {}, ["optim.lr=3e-4", "optim.name=adamw", "train.epochs=3",
+                                             "data.root=/x/y", "train.grad_clip=null", "optim.betas=[0.5,0.9]"])
+    assert cfg.optim.lr == 3e-4 and cfg.optim.name == "adamw" and cfg.train.epochs == 3
+    assert cfg.data.root == "/x/y" and cfg.train.grad_clip is None and cfg.optim.betas == (0.5, 0.9)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        build_config(FBPWindowConfig, {}, ["optim.lrr=1"])
+    assert "lrr" in str(err.value) and "'lr'" in str(err.value) and "weight_decay" in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=2.5", "expected an integer"),
+    ("train.epochs=true", "expected an integer"),
+    ("optim.lr=fast", "expected a number"),
+    ("optim.name=sgd", "not one of"),
+    ("train.amp=fp8", "not one of"),
+    ("optim.betas=[0.9]", "expected 2 items"),
+    ("data=3", "expected an object"),
+])
+def test_wrong_types_fail_clearly(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        build_config(FBPWindowConfig, {}, [override])
+
+
+def test_override_syntax_error():
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        apply_overrides({}, ["optim.lr"])
+
+
+def test_bad_json_file_names_the_file(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text("{oops")
+    with pytest.raises(ConfigError, match="x.json"):
+        load_json(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_json(tmp_path / "missing.json")
+
+
+def test_unknown_stage_lists_stages():
+    with pytest.raises(KeyError, match="fbp_window"):
+        get_stage("fbp_windw")
+
+
+def test_to_dict_is_json_ready():
+    json.dumps(to_dict(FBPWindowConfig()))
+    assert to_dict(DataConfig())["batch_size"] == 8
