@@ -96,7 +96,8 @@ class Task(Protocol):
     fingerprint: dict[str, Any]             # model/optimizer config: resuming with another one is refused
 
     def train_step(self, batch: Mapping[str, Any], stepper: "Stepper") -> dict[str, torch.Tensor]:
-        """Forward + ``stepper.backward(loss, name)`` per optimizer; returns detached loss terms (scalars)."""
+        """Forward through ``stepper.module(name)`` (the DDP/compiled wrapper of ``modules[name]``), then
+        ``stepper.backward(loss, name)`` per optimizer; returns detached loss terms (scalars)."""
 
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Per-sample validation values, each of shape (B,); must include ``loss``."""
@@ -151,13 +152,18 @@ class Stepper:
     """AMP autocast, GradScaler, gradient accumulation and clipping for the task's optimizers."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device, optimizers: Mapping[str, Optimizer],
-                 schedulers: Mapping[str, EpochScheduler]) -> None:
+                 schedulers: Mapping[str, EpochScheduler], modules: Mapping[str, nn.Module] | None = None) -> None:
         self.cfg, self.device = cfg, device
         self.optimizers, self.schedulers = optimizers, schedulers
+        self.modules = dict(modules or {})
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
         use_scaler = cfg.amp == "fp16" and device.type == "cuda"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.micro_step = 0
+
+    def module(self, name: str) -> nn.Module:
+        """The module to run forward in training: DDP-wrapped (gradients all-reduced) and/or compiled."""
+        return self.modules[name]
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -238,8 +244,8 @@ class Trainer:
         self.steps_per_epoch = min(steps, cfg.max_steps_per_epoch or steps)
         self.schedulers = {name: EpochScheduler(opt, sched_cfg, cfg.epochs, self.steps_per_epoch)
                            for name, opt in task.optimizers.items()}
-        self.stepper = Stepper(cfg, device, task.optimizers, self.schedulers)
         self.train_modules = self._wrap_modules()
+        self.stepper = Stepper(cfg, device, task.optimizers, self.schedulers, self.train_modules)
         self.state = self._fresh_state()
         self._last_save = time.monotonic()
 
@@ -263,23 +269,29 @@ class Trainer:
                 "stopped_early": False}
 
     # -- checkpoint ---------------------------------------------------------------------------------
+    _RANK_KEYS = ("epoch_sums", "epoch_count")
+
     def _checkpoint_dict(self) -> dict[str, Any]:
+        """The full state; per-rank parts (RNG, running sums of the epoch) are gathered from every rank."""
+        mine = {"rng": ckpt.capture_rng(), **{k: self.state[k] for k in self._RANK_KEYS}}
         return {
-            **self.state,
+            **{k: v for k, v in self.state.items() if k not in self._RANK_KEYS},
+            "rank_states": dist_utils.all_gather_objects(mine),
             "models": {n: m.state_dict() for n, m in self.task.modules.items()},
             "optimizers": {n: o.state_dict() for n, o in self.task.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.stepper.scaler.state_dict(),
             "micro_step": self.stepper.micro_step,
-            "rng": ckpt.capture_rng(),
             "fingerprint": json.dumps(self.task.fingerprint, sort_keys=True),
             "config": json.dumps(self.config_dict, sort_keys=True),
         }
 
     def save(self, kind: str = "latest") -> None:
-        """Write a checkpoint (rank 0 only); ``kind`` is latest, best or periodic."""
+        """Write a checkpoint: every rank must call this (it gathers), rank 0 writes.
+
+        ``kind`` is latest, best or periodic."""
+        state = self._checkpoint_dict()
         if self.env.is_main:
-            state = self._checkpoint_dict()
             if kind == "latest":
                 ckpt.save_latest(state, self.ckpt_dir)
             elif kind == "best":
@@ -307,11 +319,25 @@ class Trainer:
             sched.load_state_dict(saved["schedulers"][name])
         self.stepper.scaler.load_state_dict(saved["scaler"])
         self.stepper.micro_step = saved["micro_step"]
-        ckpt.restore_rng(saved["rng"])
-        self.state = {k: saved[k] for k in self._fresh_state()}
+        self.state = {k: saved[k] for k in self._fresh_state() if k not in self._RANK_KEYS}
+        self.state.update(self._rank_state(saved["rank_states"], path))
         log.info("resumed from %s at epoch %d step %d", path, self.state["epoch"], self.state["step_in_epoch"])
         self.event("resumed", path=str(path), epoch=self.state["epoch"], step=self.state["step_in_epoch"])
         return path
+
+    def _rank_state(self, rank_states: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+        """This rank's RNG and running sums; a different world size can only resume at an epoch boundary."""
+        if len(rank_states) == self.env.world_size:
+            mine = rank_states[self.env.rank]
+        elif self.state["step_in_epoch"] == 0:
+            log.warning("%s was written by %d rank(s), resuming on %d at an epoch boundary", path,
+                        len(rank_states), self.env.world_size)
+            mine = {**rank_states[0], "epoch_sums": {}, "epoch_count": 0}
+        else:
+            raise RuntimeError(f"{path} stopped mid-epoch with {len(rank_states)} rank(s); resume it with the same "
+                               f"number of ranks (now {self.env.world_size}) to keep the run exact")
+        ckpt.restore_rng(mine["rng"])
+        return {k: mine[k] for k in self._RANK_KEYS}
 
     # -- logging ------------------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
@@ -377,18 +403,22 @@ class Trainer:
             bar.update(1)
             if self.state["global_step"] % self.cfg.log_every == 0:
                 self._log_step(terms, seen, time.monotonic() - start)
-            if self._should_stop():
+            stop, save_due = self._agree_on_stop_and_save()
+            if stop:
                 bar.close()
                 return False
-            if time.monotonic() - self._last_save > self.cfg.checkpoint_interval_s:
+            if save_due:
                 self.save("latest")
         bar.close()
         return True
 
-    def _should_stop(self) -> bool:
-        """The flag, agreed on by all ranks (a signal may reach them between different steps)."""
-        flag = torch.tensor([1.0 if self.stop_flag.is_set() else 0.0], dtype=torch.float64)
-        return bool(dist_utils.all_reduce_sum(flag).item() > 0)
+    def _agree_on_stop_and_save(self) -> tuple[bool, bool]:
+        """Stop if any rank got the signal; save when rank 0's timer is due -- one all_reduce for both,
+        so every rank takes the same decision at the same step."""
+        due = self.env.is_main and time.monotonic() - self._last_save > self.cfg.checkpoint_interval_s
+        votes = torch.tensor([float(self.stop_flag.is_set()), float(due)], dtype=torch.float64)
+        stop, save = dist_utils.all_reduce_sum(votes).tolist()
+        return stop > 0, save > 0
 
     def _log_step(self, terms: Mapping[str, torch.Tensor], seen: int, elapsed: float) -> None:
         lr = next(iter(self.task.optimizers.values())).param_groups[0]["lr"]
@@ -463,7 +493,7 @@ class Trainer:
         """Resume if possible, then train until done, early-stopped, a segment ends, or preempted."""
         self.resume()
         if not self.state["history"] and self.state["global_step"] == 0:
-            torch.manual_seed(self.cfg.seed)
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.env.rank)  # e.g. distinct dropout masks per rank
         epochs_this_call = 0
         status = "completed"
         while not self.state["stopped_early"] and self.state["epoch"] < self.cfg.epochs:

@@ -40,7 +40,7 @@ class ToyTask:
     def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
         self.steps += 1
         with stepper.autocast():
-            loss = nn.functional.mse_loss(self.model(batch["x"]), batch["y"])
+            loss = nn.functional.mse_loss(stepper.module("model")(batch["x"]), batch["y"])
         if self.nan_at_step is not None and self.steps == self.nan_at_step:
             loss = loss * float("nan")
         stepper.backward(loss, "model")

@@ -68,7 +68,7 @@ class FBPWindowTask:
 
     def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
         with stepper.autocast():
-            pred = self.model(batch["sinogram"])
+            pred = stepper.module("model")(batch["sinogram"])
             loss = torch.nn.functional.mse_loss(pred.float(), batch["image"])
         stepper.backward(loss, "model")
         return {"loss": loss.detach()}
