@@ -1,0 +1,212 @@
+"""A real single-node SLURM cluster for the tests under ``tests/slurm`` (all marked ``slurm``).
+
+The session fixture ``slurm_cluster`` runs ``tests/slurm/cluster.sh up`` (which installs the Debian packages
+when missing and starts munged, MariaDB, slurmdbd, slurmctld and slurmd as root) and yields a
+:class:`SlurmCluster` with small, always-bounded helpers.  ``CTPIPE_SLURM_REUSE=1`` reuses a cluster that is
+already healthy without touching it; the fixture stops the cluster at the end only if it was not running
+before the session.  Not being root, or lacking both SLURM and apt-get, is a test *failure*, not a skip:
+CI runs these tests as root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+CLUSTER_SH = Path(__file__).resolve().with_name("cluster.sh")
+DEFAULT_STATE_DIR = Path(os.environ.get("CTPIPE_SLURM_STATE", "/tmp/ctpipe-slurm"))
+UP_TIMEOUT_S = 900.0  # includes apt-get install on a brand-new machine (about a minute here)
+DOWN_TIMEOUT_S = 180.0
+COMMAND_TIMEOUT_S = 60.0
+POLL_S = 0.5
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "PREEMPTED",
+        "REVOKED",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test collected below this folder with ``slurm`` (the hook sees the whole session)."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.slurm)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate()`` every 0.2 s until it is truthy; raise TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    """Handle on the running test cluster: its state dir and the environment its client commands need."""
+
+    state_dir: Path
+    env: Mapping[str, str]
+
+    def run(self, *cmd: str, timeout: float = COMMAND_TIMEOUT_S, input: str | None = None) -> str:
+        """Run a SLURM client command (sinfo, scontrol, ...) and return its stdout; raise with stderr on failure."""
+        proc = subprocess.run(
+            list(cmd), env=dict(self.env), input=input, capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def sbatch(self, script: str | Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+        """Submit ``script`` (a file path, or the script text itself starting with ``#!``) with sbatch options ``args``.
+
+        ``env`` is added to the cluster environment of the submitting process (sbatch exports it to the job).
+        Returns the job id (for an array, the array's id).
+        """
+        full_env = {**self.env, **(env or {})}
+        if isinstance(script, str) and script.startswith("#!"):
+            cmd, stdin = ["sbatch", "--parsable", *args], script
+        else:
+            path = Path(script)
+            if not path.is_file():
+                raise FileNotFoundError(f"sbatch script {path} does not exist (pass a path or text starting with #!)")
+            cmd, stdin = ["sbatch", "--parsable", *args, str(path)], None
+        proc = subprocess.run(
+            cmd, env=full_env, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"sbatch {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout.strip().split(";")[0]
+
+    def sacct_states(self, job_id: str) -> dict[str, str]:
+        """Accounting state of each allocation of ``job_id`` (array tasks as ``ID_i``); empty until recorded."""
+        out = self.run("sacct", "-n", "-P", "-X", "-j", str(job_id), "-o", "JobID,State")
+        states: dict[str, str] = {}
+        for line in out.splitlines():
+            if "|" in line:
+                jid, state = line.split("|", 1)
+                states[jid] = state.split()[0] if state.split() else state  # "CANCELLED by 0" -> CANCELLED
+        return states
+
+    def wait(self, job_id: str, timeout: float) -> str:
+        """Wait until every allocation of ``job_id`` reached a final state; return it (``A,B`` when they differ).
+
+        On timeout the job is cancelled and TimeoutError carries ``scontrol show job`` and the slurmctld log tail.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            states = self.sacct_states(job_id) if not self._in_queue(job_id) else {}
+            # Accounting records of split-off array tasks can reach slurmdbd after the last task's record:
+            # wait until sacct holds one final record per allocation slurmctld knows about.
+            expected = self._allocations(job_id)
+            if states and all(s in FINAL_STATES for s in states.values()) and len(states) >= expected:
+                return ",".join(sorted(set(states.values())))
+            if time.monotonic() > deadline:
+                raise TimeoutError(self._timeout_report(job_id, states, timeout))
+            time.sleep(POLL_S)
+
+    def _in_queue(self, job_id: str) -> bool:
+        """Whether any allocation of ``job_id`` is still pending, running or completing."""
+        proc = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%i"],
+            env=dict(self.env), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+        )
+        return proc.returncode == 0 and bool(proc.stdout.strip())
+
+    def _allocations(self, job_id: str) -> int:
+        """How many allocations (array tasks) slurmctld lists for ``job_id``; 0 once it forgot the job."""
+        proc = subprocess.run(
+            ["scontrol", "-o", "show", "job", str(job_id)],
+            env=dict(self.env), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+        )
+        return sum(line.startswith("JobId=") for line in proc.stdout.splitlines()) if proc.returncode == 0 else 0
+
+    def _timeout_report(self, job_id: str, states: Mapping[str, str], timeout: float) -> str:
+        detail = subprocess.run(
+            ["scontrol", "show", "job", str(job_id)], env=dict(self.env), capture_output=True, text=True, timeout=30
+        ).stdout
+        subprocess.run(["scancel", str(job_id)], env=dict(self.env), capture_output=True, timeout=30)
+        log = self.state_dir / "log" / "slurmctld.log"
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.is_file() else "(no log)"
+        return (
+            f"job {job_id} not finished after {timeout:.0f} s (sacct: {dict(states)}); cancelled it.\n"
+            f"scontrol show job:\n{detail}\nslurmctld.log tail:\n{tail}"
+        )
+
+
+def _cluster_sh(action: str, state_dir: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["bash", str(CLUSTER_SH), action, str(state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{CLUSTER_SH} {action} did not finish within {timeout:.0f} s: {exc.stderr!r}")
+
+
+def _require_root_and_packages() -> None:
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the SLURM tests start a real cluster and must run as root (CI does); "
+            "run them with sudo, or deselect them with -m 'not slurm' on a workstation"
+        )
+    if shutil.which("slurmctld", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None and not shutil.which(
+        "apt-get"
+    ):
+        pytest.fail("SLURM is not installed and apt-get is not available to install it (see tests/slurm/cluster.sh)")
+
+
+def _cluster_env(state_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["SLURM_CONF"] = str(state_dir / "slurm.conf")
+    if "/usr/sbin" not in env.get("PATH", "").split(":"):
+        env["PATH"] = env.get("PATH", "") + ":/usr/sbin:/sbin"
+    return env
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A running single-node cluster (partition ``debug``, 4 CPUs, accounting on) for the whole session."""
+    _require_root_and_packages()
+    state_dir = DEFAULT_STATE_DIR
+    was_up = _cluster_sh("status", state_dir, COMMAND_TIMEOUT_S).returncode == 0
+    if not (was_up and os.environ.get("CTPIPE_SLURM_REUSE") == "1"):
+        up = _cluster_sh("up", state_dir, UP_TIMEOUT_S)
+        if up.returncode != 0:
+            pytest.fail(f"{CLUSTER_SH} up failed ({up.returncode}):\n{up.stdout}\n{up.stderr}")
+    env = _cluster_env(state_dir)
+    saved = {key: os.environ.get(key) for key in ("SLURM_CONF", "PATH")}
+    os.environ.update({key: env[key] for key in saved})  # submitit and other code call sbatch/sacct themselves
+    try:
+        yield SlurmCluster(state_dir=state_dir, env=env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if not was_up:
+            down = _cluster_sh("down", state_dir, DOWN_TIMEOUT_S)
+            if down.returncode != 0:
+                pytest.fail(f"{CLUSTER_SH} down failed ({down.returncode}):\n{down.stderr}")
