@@ -1,0 +1,46 @@
+import dataclasses
+
+import pytest
+import torch
+
+from ctpipe.models.direct256 import DIRECT256_TINY, Direct256, Direct256Config
+from ctpipe.models.memory import estimate_memory, saved_activation_bytes
+from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config
+
+
+def test_meta_estimate_equals_a_real_cpu_forward():
+    torch.manual_seed(0)
+    real = saved_activation_bytes(Refine256(REFINE256_TINY), torch.rand(2, 1, 8, 8, 8))
+    assert estimate_memory(REFINE256_TINY, batch_size=2)["activation_bytes"] == real
+    # with attention: meta runs the math SDPA path (keeps attention probabilities), CPU/CUDA a fused
+    # kernel, so the estimate is an upper bound there
+    real = saved_activation_bytes(Direct256(DIRECT256_TINY), torch.rand(3, 2, 32, 32))
+    assert real <= estimate_memory(DIRECT256_TINY, batch_size=3)["activation_bytes"] <= 1.25 * real
+
+
+def test_activations_dominated_by_the_largest_tensors():
+    # Refine256 at the tiny size saves at least the 4x-scale features: (B, c4, 32^3) floats several times
+    estimate = estimate_memory(REFINE256_TINY, batch_size=1)
+    assert estimate["activation_bytes"] > 3 * 4 * 32**3 * 4
+    assert estimate["parameter_bytes"] == 4 * estimate["parameters"]
+    assert estimate["total_bytes"] == sum(v for k, v in estimate.items() if k.endswith("_bytes") and k != "total_bytes")
+
+
+def test_batch_amp_and_checkpointing_scale_the_estimate():
+    base = estimate_memory(DIRECT256_TINY, 1)["activation_bytes"]
+    assert estimate_memory(DIRECT256_TINY, 2)["activation_bytes"] == 2 * base
+    assert estimate_memory(REFINE256_TINY, 1, amp=True)["activation_bytes"] * 2 == estimate_memory(REFINE256_TINY, 1)["activation_bytes"]
+    assert 0.45 * base < estimate_memory(DIRECT256_TINY, 1, amp=True)["activation_bytes"] < 0.65 * base
+    checkpointed = dataclasses.replace(DIRECT256_TINY, gradient_checkpointing=True)
+    assert estimate_memory(checkpointed, 1)["activation_bytes"] < base / 2
+
+
+def test_full_size_models_are_estimated_without_allocating():
+    for config in (Refine256Config(), Direct256Config()):
+        estimate = estimate_memory(config, batch_size=1, amp=True)
+        assert estimate["activation_bytes"] > 2**30  # 256^3 activations: gigabytes
+
+
+def test_unknown_config_type_is_refused():
+    with pytest.raises(TypeError, match="no model for config type"):
+        estimate_memory(object(), 1)  # type: ignore[arg-type]
