@@ -1,0 +1,178 @@
+"""Parallel-beam forward projection, its exact adjoint, and filtered backprojection (FBP).
+
+Conventions are those of :mod:`ctpipe.ops.geometry` (ODL's, as LoDoPaB stores its data): an image
+``img[..., a, b] = f(x_a, y_b)`` (first axis x, second y, ascending) and a sinogram
+``sino[..., i, j]`` = integral of f along ``x cos(theta_i) + y sin(theta_i) = s_j``.
+
+Discretisation (pixel-driven, linear interpolation on the detector): every pixel centre ``p`` is
+projected at angle ``theta_i`` onto ``s = x_p cos(theta_i) + y_p sin(theta_i)``, i.e. onto the
+fractional detector index ``u = (s + detector_half_width) / detector_spacing - 1/2``; its value is
+split between bins ``floor(u)`` and ``floor(u) + 1`` with linear weights ``W[i, j, p]`` (bins outside
+the detector receive nothing). Then
+
+* ``forward_project(f) = (pixel_size^2 / detector_spacing) * W f`` -- a pixel's mass spread over the
+  detector, per metre of detector: the line integral (image value x metres);
+* ``backproject(g) = (pixel_size^2 / detector_spacing) * W^T g`` -- the exact Euclidean adjoint;
+* ``fbp(g) = (pi / n_angles) * W^T ramp(g)`` -- the discrete inversion formula.
+
+Both operators are :class:`torch.autograd.Function` whose backward is the other one, so gradients are
+exact and cost one operator application. Angles are processed in chunks so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ctpipe.ops.filters import filter_frequencies, ramp_filter, window_values
+from ctpipe.ops.geometry import ParallelBeamGeometry
+
+CHUNK_BUDGET_ELEMENTS = 1 << 22  # per chunk: angles * pixels * (batch + 2), ~16 MiB per float32 temporary
+
+
+# ---- shape checks --------------------------------------------------------------------------------
+def _check_input(tensor: Tensor, expected: tuple[int, int], what: str, function: str) -> None:
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"{function}: {what} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() != 4 or tensor.shape[1] != 1 or tuple(tensor.shape[2:]) != expected:
+        raise ValueError(
+            f"{function}: {what} must have shape (B, 1, {expected[0]}, {expected[1]}) for this geometry, "
+            f"got {tuple(tensor.shape)}; add batch/channel axes with x[None, None] or x.unsqueeze(1)"
+        )
+    if not tensor.is_floating_point():
+        raise TypeError(f"{function}: {what} must be float32 or float64, got {tensor.dtype}")
+
+
+# ---- sampling grids, one chunk of angles at a time ---------------------------------------------------
+def _chunk_size(geometry: ParallelBeamGeometry, batch: int) -> int:
+    per_angle = geometry.n_pixels**2 * (max(batch, 1) + 2)
+    return max(1, min(geometry.n_angles, CHUNK_BUDGET_ELEMENTS // per_angle))
+
+
+def _chunks(geometry: ParallelBeamGeometry, batch: int) -> Iterator[tuple[int, int]]:
+    step = _chunk_size(geometry, batch)
+    for start in range(0, geometry.n_angles, step):
+        yield start, min(start + step, geometry.n_angles)
+
+
+def _grid(geometry: ParallelBeamGeometry, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``grid_sample`` grid ``(c, N, N, 2)`` for angles ``start..stop-1``.
+
+    With ``align_corners=False`` and a detector of width ``2 * detector_half_width`` sampled at cell
+    midpoints, the normalised detector coordinate of ``s`` is ``s / detector_half_width``; the second
+    (height) coordinate is 0 on a one-row "image". Entry ``[i, a, b]`` is pixel ``(x_a, y_b)``.
+    """
+    theta = torch.as_tensor(geometry.angles[start:stop], dtype=torch.float64, device=device)
+    centers = torch.as_tensor(geometry.pixel_centers, dtype=torch.float64, device=device)
+    scale = 1.0 / geometry.detector_half_width
+    along_x = (torch.cos(theta)[:, None] * centers * scale).to(dtype)
+    along_y = (torch.sin(theta)[:, None] * centers * scale).to(dtype)
+    grid = torch.zeros(stop - start, geometry.n_pixels, geometry.n_pixels, 2, dtype=dtype, device=device)
+    torch.add(along_x[:, :, None], along_y[:, None, :], out=grid[..., 0])
+    return grid
+
+
+# ---- the two discrete operators W and W^T ----------------------------------------------------------
+# Angles play the role of grid_sample's batch axis and the image batch its channel axis: the sinogram
+# row of angle i is a (B, 1, D) "image" sampled at the grid of angle i. grid_sample's input gradient is
+# the exact transpose of grid_sample, so W is computed by that backward kernel.
+_BILINEAR, _ZEROS = 0, 0
+
+
+def _apply_w(image: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
+    """``W f``: (B, 1, N, N) -> (B, 1, A, D), unscaled (interpolation weights only)."""
+    batch, n_pix, n_det = image.shape[0], geometry.n_pixels, geometry.n_detector
+    pixels = image.reshape(1, batch, n_pix, n_pix)
+    out = image.new_empty(geometry.n_angles, batch, 1, n_det)
+    for start, stop in _chunks(geometry, batch):
+        grid = _grid(geometry, start, stop, image.dtype, image.device)
+        count = stop - start
+        shape_only = image.new_empty(count, batch, 1, n_det)
+        out[start:stop] = torch.ops.aten.grid_sampler_2d_backward(
+            pixels.expand(count, batch, n_pix, n_pix), shape_only, grid, _BILINEAR, _ZEROS, False, [True, False]
+        )[0]
+    return out.permute(1, 2, 0, 3).reshape(batch, 1, geometry.n_angles, n_det)
+
+
+def _apply_wt(sinogram: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
+    """``W^T g``: (B, 1, A, D) -> (B, 1, N, N), unscaled (sum over angles of interpolated values)."""
+    batch, n_pix = sinogram.shape[0], geometry.n_pixels
+    rows = sinogram.reshape(batch, geometry.n_angles, 1, geometry.n_detector).transpose(0, 1)  # (A, B, 1, D)
+    acc = sinogram.new_zeros(batch, n_pix, n_pix)
+    for start, stop in _chunks(geometry, batch):
+        grid = _grid(geometry, start, stop, sinogram.dtype, sinogram.device)
+        values = F.grid_sample(
+            rows[start:stop].contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        acc += values.sum(0)
+    return acc.reshape(batch, 1, n_pix, n_pix)
+
+
+def _scale(geometry: ParallelBeamGeometry) -> float:
+    return geometry.pixel_size**2 / geometry.detector_spacing
+
+
+class _ForwardProject(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, image: Tensor, geometry: ParallelBeamGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geometry = geometry
+        return _apply_w(image, geometry) * _scale(geometry)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _Backproject.apply(grad.contiguous(), ctx.geometry), None
+
+
+class _Backproject(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sinogram: Tensor, geometry: ParallelBeamGeometry) -> Tensor:  # type: ignore[override]
+        ctx.geometry = geometry
+        return _apply_wt(sinogram, geometry) * _scale(geometry)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _ForwardProject.apply(grad.contiguous(), ctx.geometry), None
+
+
+# ---- public API ------------------------------------------------------------------------------------
+def forward_project(image: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
+    """Line integrals of ``image`` (B, 1, N, N) -> sinogram (B, 1, A, D), in image units x metres."""
+    _check_input(image, geometry.image_shape, "image", "forward_project")
+    return _ForwardProject.apply(image, geometry)
+
+
+def backproject(sinogram: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
+    """Exact adjoint of :func:`forward_project`: sinogram (B, 1, A, D) -> image (B, 1, N, N)."""
+    _check_input(sinogram, geometry.sinogram_shape, "sinogram", "backproject")
+    return _Backproject.apply(sinogram, geometry)
+
+
+def fbp_backprojection_scale(geometry: ParallelBeamGeometry) -> float:
+    """Factor turning :func:`backproject` of a ramp-filtered sinogram into FBP: ``(pi/A) / scale``."""
+    return (math.pi / geometry.n_angles) / _scale(geometry)
+
+
+def filtered_backprojection(sinogram: Tensor, geometry: ParallelBeamGeometry, window_response: Tensor | None,
+                            padding: bool = True) -> Tensor:
+    """FBP with a given window response at ``filter_frequencies(D, padding)`` (``None``: Ram-Lak)."""
+    _check_input(sinogram, geometry.sinogram_shape, "sinogram", "fbp")
+    filtered = ramp_filter(sinogram, window_response, padding, detector_spacing=geometry.detector_spacing)
+    return backproject(filtered, geometry) * fbp_backprojection_scale(geometry)
+
+
+def fbp(
+    sinogram: Tensor,
+    geometry: ParallelBeamGeometry,
+    window: str = "hann",
+    frequency_scaling: float = 0.641,
+    padding: bool = True,
+) -> Tensor:
+    """Filtered backprojection: ramp filter with ``window`` (see :mod:`ctpipe.ops.filters`), then
+    backprojection with angle weight ``pi / n_angles``, so ``fbp(forward_project(f)) ~ f``."""
+    freqs = filter_frequencies(geometry.n_detector, padding, dtype=sinogram.dtype, device=sinogram.device)
+    response = window_values(window, freqs, frequency_scaling)
+    return filtered_backprojection(sinogram, geometry, response, padding)
