@@ -30,6 +30,7 @@ class EpochScheduler:
     """One scheduler with a uniform interface: ``after_step()`` per optimizer step, ``after_epoch(metric)``."""
 
     def __init__(self, optimizer: Optimizer, cfg: SchedulerConfig, epochs: int, steps_per_epoch: int) -> None:
+        """``steps_per_epoch`` counts optimizer steps (after gradient accumulation)."""
         self.cfg = cfg
         self.impl: Any
         if cfg.name == "plateau":
@@ -38,7 +39,9 @@ class EpochScheduler:
             self.impl = CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=cfg.min_lr)
         elif cfg.name == "onecycle":
             max_lr = [group["lr"] for group in optimizer.param_groups]
-            self.impl = OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(epochs * steps_per_epoch, 1),
+            # +1: the scheduler is stepped after the last optimizer step too; PyTorch would evaluate the cycle
+            # past its end there (the learning rate climbs again) if total_steps were exactly the step count
+            self.impl = OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(epochs * steps_per_epoch, 1) + 1,
                                    pct_start=cfg.pct_start)
         elif cfg.name == "linear_decay":
             n_const = cfg.n_epochs_constant

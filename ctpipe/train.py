@@ -242,7 +242,8 @@ class Trainer:
                                         rank=self.env.rank, world_size=self.env.world_size)
         steps = math.ceil(len(self.sampler.rank_indices()) / batch_size)
         self.steps_per_epoch = min(steps, cfg.max_steps_per_epoch or steps)
-        self.schedulers = {name: EpochScheduler(opt, sched_cfg, cfg.epochs, self.steps_per_epoch)
+        optimizer_steps = math.ceil(self.steps_per_epoch / cfg.grad_accum)
+        self.schedulers = {name: EpochScheduler(opt, sched_cfg, cfg.epochs, optimizer_steps)
                            for name, opt in task.optimizers.items()}
         self.train_modules = self._wrap_modules()
         self.stepper = Stepper(cfg, device, task.optimizers, self.schedulers, self.train_modules)

@@ -28,9 +28,9 @@ class ToyData(Dataset):
 
 class ToyTask:
     def __init__(self, seed: int = 0, n_train: int = 40, n_val: int = 12, lr: float = 1e-2,
-                 nan_at_step: int | None = None, on_step: Any = None) -> None:
+                 nan_at_step: int | None = None, on_step: Any = None, dropout: float = 0.2) -> None:
         torch.manual_seed(seed)
-        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+        self.model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(dropout), nn.Linear(16, 1))
         self.modules = {"model": self.model}
         self.optimizers = {"model": build_optimizer(self.model.parameters(), OptimConfig(lr=lr))}
         self.train_set, self.val_set = ToyData(n_train, 1), ToyData(n_val, 2)
