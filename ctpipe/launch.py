@@ -41,14 +41,31 @@ class Resources:
     job_name: str = "ctpipe"
 
 
-def slurm_parameters(res: Resources) -> dict[str, Any]:
+def dependency_ids(jobs_or_ids: Sequence[Any]) -> list[str]:
+    """SLURM job ids to depend on: an array task ``"12_3"`` becomes its array ``"12"`` (afterok waits for all)."""
+    ids: list[str] = []
+    for item in jobs_or_ids:
+        job_id = str(getattr(item, "job_id", item)).split("_")[0]
+        if not job_id.isdigit():
+            raise ValueError(f"cannot depend on job {item!r}: expected a SLURM job id such as 12 or 12_3")
+        if job_id not in ids:
+            ids.append(job_id)
+    return ids
+
+
+def slurm_parameters(res: Resources, after: Sequence[Any] = ()) -> dict[str, Any]:
+    """submitit parameters for ``res``; ``after``: jobs (or ids) that must succeed first (``afterok``).
+
+    Jobs are requeueable (``--requeue``, needed by the preemption handler on sites with ``JobRequeue=0``); a job
+    whose dependency failed is cancelled instead of pending forever (``--kill-on-invalid-dep=yes``).
+    """
+    additional: dict[str, Any] = {"requeue": True}
     params: dict[str, Any] = {
         "timeout_min": res.timeout_min,
         "nodes": res.nodes,
         "tasks_per_node": res.tasks_per_node,
         "cpus_per_task": res.cpus_per_task,
         "slurm_signal_delay_s": res.signal_delay_s,
-        "slurm_max_num_timeout": res.max_num_timeout,
         "slurm_array_parallelism": res.array_parallelism,
         "name": res.job_name,
     }
@@ -60,15 +77,28 @@ def slurm_parameters(res: Resources) -> dict[str, Any]:
         params["slurm_partition"] = res.partition
     if res.account:
         params["slurm_account"] = res.account
+    if after:
+        params["slurm_dependency"] = "afterok:" + ":".join(dependency_ids(after))
+        additional["kill-on-invalid-dep"] = "yes"
+    params["slurm_additional_parameters"] = additional
     return params
 
 
-def make_executor(kind: ExecutorKind, folder: str | Path, res: Resources = Resources()) -> submitit.Executor:
-    """A configured submitit executor; ``folder`` receives submitit's logs and pickles (``%j`` allowed)."""
+def make_executor(kind: ExecutorKind, folder: str | Path, res: Resources = Resources(),
+                  after: Sequence[Any] = ()) -> submitit.Executor:
+    """A configured submitit executor; ``folder`` receives submitit's logs and pickles (``%j`` allowed).
+
+    ``after`` (slurm only): jobs or job ids that must complete successfully before these jobs start. The
+    local and debug executors have no scheduler: run the steps in order yourself (see ctpipe.pipeline)."""
     folder = Path(folder)
+    if after and kind != "slurm":
+        raise ValueError(f"job dependencies (after={list(after)!r}) need the slurm executor; with {kind!r} wait for "
+                         "the earlier jobs before submitting (ctpipe.launch.wait_all)")
     if kind == "slurm":
-        executor: submitit.Executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        executor.update_parameters(**slurm_parameters(res))
+        # max_num_timeout is a constructor argument (update_parameters rejects it)
+        executor: submitit.Executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                                             slurm_max_num_timeout=res.max_num_timeout)
+        executor.update_parameters(**slurm_parameters(res, after))
     elif kind == "local":
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=res.timeout_min, tasks_per_node=res.tasks_per_node,
@@ -83,9 +113,12 @@ def make_executor(kind: ExecutorKind, folder: str | Path, res: Resources = Resou
 class TrainJob(Checkpointable):
     """The callable a submitit job runs: trains a stage in a run folder, resuming from its checkpoint.
 
-    On SIGUSR2/SIGTERM the trainer finishes its step and writes ``latest.pt``; this job then hands over to
-    submitit's own preemption handler, which calls :meth:`checkpoint` (resubmit this same job: the state is
-    in the run folder, not in the pickle) and requeues.
+    On SIGUSR2 (``--signal=USR2@N`` before the time limit, or ``scancel --signal=USR2``) the trainer finishes
+    its step and writes ``latest.pt``; this job then hands over to submitit's own preemption handler, which
+    calls :meth:`checkpoint` (resubmit this same job: the state is in the run folder, not in the pickle) and
+    requeues. SIGTERM means SLURM itself is ending the job (``scontrol requeue``, preemption by the scheduler,
+    ``scancel``): the trainer saves the same way, then the process exits with the preemption exit code without
+    a result -- SLURM requeues (or cancels) the job itself, and a result written now would be stale.
     """
 
     def __init__(self, stage: str, run_dir: str | Path, overrides: Sequence[str] = (),
@@ -107,6 +140,9 @@ class TrainJob(Checkpointable):
         return result
 
     def _hand_over_to_submitit(self, flag: Any) -> None:
+        if flag.reason == signal.Signals.SIGTERM.name:
+            # SystemExit is not an Exception: submitit writes no result pickle, the requeued job writes the real one.
+            raise SystemExit(int(os.environ.get("CTPIPE_PREEMPT_EXIT_CODE", 3)))
         handler = flag.previous_handlers.get(signal.SIGUSR2)
         if callable(handler):  # submitit's checkpoint_and_try_requeue: checkpoint(), requeue, exit
             handler(signal.SIGUSR2, None)
@@ -136,11 +172,23 @@ def sweep_run_dir(base: Path, overrides: Sequence[str]) -> Path:
 
 def submit_training(stage: str, overrides: Sequence[str] = (), sweep: Sequence[str] = (),
                     executor_kind: ExecutorKind = "local", run_dir: str | Path | None = None,
-                    resources: Resources = Resources(), config_path: str | Path | None = None) -> list[Any]:
-    """Submit one training job, or an array (one job per sweep point), and return the submitit jobs."""
+                    resources: Resources = Resources(), config_path: str | Path | None = None,
+                    after: Sequence[Any] = ()) -> list[Any]:
+    """Submit one training job, or an array (one job per ``--array key=v1,v2`` point); returns the jobs.
+
+    ``after``: jobs or SLURM job ids that must succeed first (slurm executor only, see :func:`make_executor`)."""
+    return submit_training_points(stage, overrides, expand_sweep(sweep), executor_kind, run_dir, resources,
+                                  config_path, after)
+
+
+def submit_training_points(stage: str, overrides: Sequence[str], points: Sequence[Sequence[str]],
+                           executor_kind: ExecutorKind = "local", run_dir: str | Path | None = None,
+                           resources: Resources = Resources(), config_path: str | Path | None = None,
+                           after: Sequence[Any] = ()) -> list[Any]:
+    """Submit one job per override list in ``points`` (an array when there are several), after ``after``."""
     base = Path(run_dir) if run_dir else runs_root() / stage / "default"
-    points = expand_sweep(sweep)
-    executor = make_executor(executor_kind, base / "submitit", dataclasses.replace(resources, job_name=stage))
+    points = [list(p) for p in points] or [[]]
+    executor = make_executor(executor_kind, base / "submitit", dataclasses.replace(resources, job_name=stage), after)
     jobs_to_run = [TrainJob(stage, sweep_run_dir(base, p), [*overrides, *p], config_path) for p in points]
     if len(jobs_to_run) == 1:
         return [executor.submit(jobs_to_run[0])]

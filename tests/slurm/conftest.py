@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -75,10 +75,13 @@ class SlurmCluster:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def sbatch(self, script: str | Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    def sbatch(self, script: str | Path, *args: str, env: Mapping[str, str] | None = None,
+               script_args: Sequence[str] = (), cwd: Path | None = None) -> str:
         """Submit ``script`` (a file path, or the script text itself starting with ``#!``) with sbatch options ``args``.
 
         ``env`` is added to the cluster environment of the submitting process (sbatch exports it to the job).
+        ``script_args`` follow the script path (the script's "$@"); ``cwd`` is the submit folder (the job's
+        SLURM_SUBMIT_DIR and working folder; a relative script path is resolved there).
         Returns the job id (for an array, the array's id).
         """
         full_env = {**self.env, **(env or {})}
@@ -86,11 +89,11 @@ class SlurmCluster:
             cmd, stdin = ["sbatch", "--parsable", *args], script
         else:
             path = Path(script)
-            if not path.is_file():
+            if not (Path(cwd or ".") / path).is_file():
                 raise FileNotFoundError(f"sbatch script {path} does not exist (pass a path or text starting with #!)")
-            cmd, stdin = ["sbatch", "--parsable", *args, str(path)], None
+            cmd, stdin = ["sbatch", "--parsable", *args, str(path), *script_args], None
         proc = subprocess.run(
-            cmd, env=full_env, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+            cmd, env=full_env, input=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, cwd=cwd
         )
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
@@ -210,3 +213,60 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             down = _cluster_sh("down", state_dir, DOWN_TIMEOUT_S)
             if down.returncode != 0:
                 pytest.fail(f"{CLUSTER_SH} down failed ({down.returncode}):\n{down.stderr}")
+
+
+# ---- tiny LoDoPaB data and a repository-like submit folder for the sbatch/ stage scripts ----------------------
+REPO_ROOT = CLUSTER_SH.parents[2]
+TINY_LODOPAB_N = 40            # 32 train / 4 validation / 4 test slices
+TINY_LODOPAB_GEOMETRY = (32, 24)  # lodopab().scaled(pixels, angles)
+TINY_LODOPAB_PER_FILE = 16     # -> 4 raw file pairs -> 4 shards
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyLodopab:
+    raw: Path     # raw LoDoPaB layout (observation_*/ground_truth_* HDF5 files)
+    shards: Path  # the same data prepped in-process by one task
+
+
+@pytest.fixture(scope="session")
+def slurm_tiny_lodopab(tmp_path_factory: pytest.TempPathFactory) -> TinyLodopab:
+    """Synthetic LoDoPaB-format raw files (40 slices, 32^2 px, 24 angles, 4 file pairs) and their shard set."""
+    from ctpipe.data.lodopab import prep_lodopab
+    from ctpipe.data.synthetic import write_synthetic_lodopab
+    from ctpipe.ops.geometry import ParallelBeamGeometry
+
+    root = tmp_path_factory.mktemp("slurm_lodopab")
+    geometry = ParallelBeamGeometry.lodopab().scaled(*TINY_LODOPAB_GEOMETRY)
+    write_synthetic_lodopab(root / "raw", n=TINY_LODOPAB_N, size="small", seed=11,
+                            samples_per_file=TINY_LODOPAB_PER_FILE, geometry=geometry, progress=False)
+    prep_lodopab(root / "raw", root / "shards", progress=False)
+    return TinyLodopab(root / "raw", root / "shards")
+
+
+def make_checkout(root: Path) -> Path:
+    """``root`` laid out like the repository root for ``sbatch sbatch/<stage>.sh``: ``sbatch/`` and ``.venv``
+    linked to this repository and this interpreter's environment, an empty ``logs/``. Returns ``root``."""
+    import sys
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sbatch").symlink_to(REPO_ROOT / "sbatch", target_is_directory=True)
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    (root / "logs").mkdir()
+    return root
+
+
+def sacct_attempts(cluster: SlurmCluster, job_id: str) -> list[tuple[str, str, str, str]]:
+    """Every attempt of ``job_id`` (requeues included, ``sacct -D``): (JobID, State, Start, End), oldest first."""
+    out = cluster.run("sacct", "-D", "-n", "-P", "-X", "-j", str(job_id), "-o", "JobID,State,Start,End")
+    rows = [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 3]
+    return [(jid, state.split()[0] if state else state, start, end) for jid, state, start, end in rows]
+
+
+def read_events(run_dir: Path) -> list[dict]:
+    """The run's events.jsonl as dicts ([] before the first event)."""
+    import json
+
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
