@@ -16,6 +16,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m ctpipe demo
 
+.PHONY: demo-unet
+demo-unet: $(STAMP)  # experiment 4 (frozen FBP + UNet) on the demo's data (created when missing)
+	$(PY) -m ctpipe.demo_unet
+
 test: $(STAMP)
 	$(PY) -m pytest
 

@@ -1,0 +1,253 @@
+"""Experiment 4 (stage ``fbp_unet``): a FROZEN FBP followed by a trained 2D UNet, composite loss.
+
+The FBP (ramp filter x window, then backprojection) is either the published LoDoPaB baseline (Hann window,
+frequency scaling 0.641) or the window learned in experiment 1 (``model.window_checkpoint`` = that run's
+``checkpoints/best.pt``). It is never trained: its parameters have ``requires_grad=False``, are not in the
+optimizer, and its forward runs under ``torch.no_grad()`` (the sinogram -> FBP image map is deterministic, so
+building a backprojection autograd graph would only cost time and memory). Only the UNet is optimised, with
+:class:`ctpipe.losses.CompositeLoss`; every loss term is logged separately (``train_<term>`` and
+``val_<term>`` columns of ``history.csv``).
+
+The checkpoint holds two modules: ``fbp`` (the frozen window, so a run folder alone reproduces its model)
+and ``unet``. Per-segment history: ``history.csv`` is cumulative with an ``epoch`` column, so segment ``k``
+of ``S`` epochs is simply rows ``(k-1)*S+1 .. k*S`` (``events.jsonl`` records every resume); one file keeps
+the whole learning curve plottable at once, which per-segment copies would not add to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.distributed import DistEnv
+from ctpipe.losses import CompositeLoss, LossWeights
+from ctpipe.models.learnable_fbp import LearnableFBP
+from ctpipe.models.unet2d import UNet2D, UNet2DConfig
+from ctpipe.stages.base import Stage, evaluate_predictors
+from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
+
+__all__ = [
+    "FBP_UNET",
+    "FBPUNetConfig",
+    "FBPUNetTask",
+    "UNetModelConfig",
+    "build_unet_config",
+    "final_evaluation",
+    "load_window_checkpoint",
+]
+
+HANN_SCALING = 0.641
+UNET_PRESETS: dict[str, UNet2DConfig] = {
+    "default": UNet2DConfig(),       # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
+    "tiny": UNet2DConfig.tiny(),     # 3 scales (8, 8, 16), 2 skip channels: tests and smoke runs
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetModelConfig:
+    """The frozen FBP's window and the UNet.
+
+    ``window_checkpoint``: None = fixed Hann window (scaling 0.641), else the path of an experiment-1
+    (``fbp_window``) checkpoint whose learned window is used. ``size`` picks a UNet preset; ``channels`` /
+    ``skip_channels`` (when not None) override the preset's.
+    """
+
+    window_checkpoint: str | None = None
+    padding: bool = True
+    size: Literal["default", "tiny"] = "default"
+    channels: tuple[int, ...] | None = None
+    skip_channels: int | None = None
+    norm: Literal["batch", "instance", "group", "none"] = "batch"
+    residual: bool = True
+    zero_init_output: bool = True  # with residual: the network starts as the identity, i.e. at the FBP image
+
+
+@dataclasses.dataclass(frozen=True)
+class FBPUNetConfig:
+    stage: Literal["fbp_unet"] = "fbp_unet"
+    experiment: str = "exp4_fbp_unet"
+    data: DataConfig = DataConfig()
+    model: UNetModelConfig = UNetModelConfig()
+    loss: LossWeights = LossWeights(l1=1.0, ms_ssim=0.5, edge=0.1)
+    optim: OptimConfig = OptimConfig(lr=1e-3)
+    scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig(epochs=25, segment_epochs=5)
+
+
+# ---- building blocks -------------------------------------------------------------------------------------
+def build_unet_config(cfg: UNetModelConfig) -> UNet2DConfig:
+    """The preset ``cfg.size`` with the explicitly given fields replaced."""
+    preset = UNET_PRESETS[cfg.size]
+    return dataclasses.replace(
+        preset,
+        channels=cfg.channels if cfg.channels is not None else preset.channels,
+        skip_channels=cfg.skip_channels if cfg.skip_channels is not None else preset.skip_channels,
+        norm=cfg.norm, residual=cfg.residual, zero_init_output=cfg.zero_init_output,
+    )
+
+
+def load_window_checkpoint(path: str | Path, padding: bool | None = None) -> nn.Module:
+    """The window module of an experiment-1 (``fbp_window``) checkpoint, with its trained values.
+
+    ``padding``: this run's filter padding; it must match the one the window was learned with.
+    """
+    from ctpipe.checkpoint import load_checkpoint
+    from ctpipe.config import from_dict
+    from ctpipe.stages.fbp_window import WindowModelConfig, build_window
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.window_checkpoint={path} does not exist; train experiment 1 first "
+                                "(ctpipe train fbp_window --run-dir runs/fbp_window/<name>) and pass its "
+                                "checkpoints/best.pt, or leave model.window_checkpoint empty for Hann 0.641")
+    state = load_checkpoint(path)
+    models = state.get("models", {})
+    saved_cfg = json.loads(state.get("config") or "{}")
+    if "model" not in models or saved_cfg.get("stage") != "fbp_window":
+        raise ValueError(f"model.window_checkpoint={path} is not an experiment-1 (fbp_window) checkpoint (its stage "
+                         f"is {saved_cfg.get('stage')!r}); pass runs/fbp_window/<name>/checkpoints/best.pt")
+    window_cfg = from_dict(WindowModelConfig, saved_cfg.get("model", {}), where=f"{path} config.model")
+    if padding is not None and window_cfg.padding != padding:
+        raise ValueError(f"{path} learned its window with padding={window_cfg.padding}; set "
+                         f"model.padding={str(window_cfg.padding).lower()} to use it")
+    window = build_window(window_cfg)
+    prefix = "window."
+    window_state = {k[len(prefix):]: v for k, v in models["model"].items() if k.startswith(prefix)}
+    window.load_state_dict(window_state)
+    return window
+
+
+def _fixed_hann() -> nn.Module:
+    from ctpipe.ops.filters import FixedWindow
+
+    return FixedWindow("hann", HANN_SCALING)
+
+
+def _check_loss_fits(loss: CompositeLoss, n_pixels: int) -> None:
+    """Fail at build time (not at the first step) when MS-SSIM cannot run on these images."""
+    if loss.weights.ms_ssim > 0:
+        loss.ssim_term_name((n_pixels, n_pixels))
+
+
+def _loss_columns(terms: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validation names of the unweighted loss terms: ``loss_<term>`` (``val_loss_ssim`` is 1 - SSIM, distinct
+    from the metric column ``val_ssim[range=1]``)."""
+    return {f"loss_{k}": v for k, v in terms.items() if k != "total"}
+
+
+def _float32_region(device: torch.device) -> Any:
+    """No autocast: the FBP and the loss are computed in float32 even in an AMP run."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+# ---- the trainer's task ------------------------------------------------------------------------------------
+class FBPUNetTask:
+    """Trainer task: sinogram -> frozen FBP (no grad) -> UNet -> image; composite loss on the UNet output."""
+
+    def __init__(self, cfg: FBPUNetConfig, env: DistEnv, device: torch.device) -> None:
+        from ctpipe.schedules import build_optimizer
+
+        self.cfg = cfg
+        # The loss first: missing VGG weights (perceptual > 0) fail here, before any data is read.
+        self.loss_fn = CompositeLoss(cfg.loss).to(device)
+        self.geometry = shard_geometry(cfg.data.root)
+        _check_loss_fits(self.loss_fn, self.geometry.n_pixels)
+        self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
+        window = (load_window_checkpoint(cfg.model.window_checkpoint, cfg.model.padding)
+                  if cfg.model.window_checkpoint else _fixed_hann())
+        self.fbp = LearnableFBP(self.geometry, window, padding=cfg.model.padding)
+        self.fbp.freeze_fbp()
+        self.unet = UNet2D(build_unet_config(cfg.model))
+        self.modules: dict[str, nn.Module] = {"fbp": self.fbp, "unet": self.unet}
+        self.optimizers = {"unet": build_optimizer(self.unet.parameters(), cfg.optim)}
+        self.fingerprint = {"model": to_dict(cfg.model), "loss": to_dict(cfg.loss), "optim": to_dict(cfg.optim),
+                            "geometry": repr(self.geometry)}
+
+    @torch.no_grad()
+    def fbp_image(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """The frozen FBP reconstruction (float32, no autograd graph)."""
+        with _float32_region(sinogram.device):
+            return self.fbp(sinogram.float())
+
+    def predict(self, sinogram: torch.Tensor) -> torch.Tensor:
+        """FBP + UNet with the raw (unwrapped) modules, e.g. for evaluation and inference."""
+        return self.unet(self.fbp_image(sinogram)).float()
+
+    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+        image = self.fbp_image(batch["sinogram"])
+        with stepper.autocast():
+            pred = stepper.module("unet")(image)
+        with _float32_region(pred.device):
+            loss, terms = self.loss_fn(pred.float(), batch["image"])
+        stepper.backward(loss, "unet")
+        return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k != "total"}}
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        pred = self.predict(batch["sinogram"])
+        target = batch["image"]
+        per_sample: dict[str, list[torch.Tensor]] = {}
+        with _float32_region(pred.device):
+            for i in range(pred.shape[0]):  # the composite loss is a batch mean: score each sample alone
+                total, terms = self.loss_fn(pred[i : i + 1], target[i : i + 1])
+                for name, value in {"loss": total.detach(), **_loss_columns(terms)}.items():
+                    per_sample.setdefault(name, []).append(value)
+        return {**{k: torch.stack(v) for k, v in per_sample.items()}, **lodopab_metrics(pred, target)}
+
+
+# ---- final evaluation -------------------------------------------------------------------------------------------
+class _SameBatchCache:
+    """Computes ``fn(batch)`` once per batch object (the predictors of one batch share the FBP image)."""
+
+    def __init__(self, fn: Callable[[Mapping[str, Any]], torch.Tensor]) -> None:
+        self.fn = fn
+        self._batch: Mapping[str, Any] | None = None
+        self._value: torch.Tensor | None = None
+
+    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        if self._batch is not batch or self._value is None:
+            self._batch, self._value = batch, self.fn(batch)
+        return self._value
+
+
+def _predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
+    fbp_image = _SameBatchCache(lambda b: task.fbp_image(b["sinogram"]))
+    predictors: dict[str, Callable[..., torch.Tensor]] = {}
+    if cfg.model.window_checkpoint:
+        baseline = LearnableFBP.hann_baseline(task.geometry, HANN_SCALING, cfg.model.padding).to(device).eval()
+        predictors["fbp_hann"] = lambda b: baseline(b["sinogram"])
+        predictors["learned_window"] = fbp_image
+    else:
+        predictors["fbp_hann"] = fbp_image  # the frozen FBP is exactly the Hann-0.641 baseline
+    predictors["fbp_unet"] = lambda b: task.unet(fbp_image(b)).float()
+    return predictors
+
+
+def final_evaluation(cfg: FBPUNetConfig, task: FBPUNetTask, run_dir: Path, device: torch.device,
+                     env: DistEnv) -> None:
+    """Score FBP-Hann, the learned window (when given) and FBP+UNet (best checkpoint) on validation and test."""
+    if not env.is_main:
+        return
+    from ctpipe.checkpoint import BEST, load_checkpoint
+
+    best = run_dir / "checkpoints" / BEST
+    if best.exists():
+        models = load_checkpoint(best)["models"]
+        for name, module in task.modules.items():
+            module.load_state_dict(models[name])
+    for module in task.modules.values():
+        module.to(device).eval()
+    predictors = _predictors(cfg, task, device)
+    for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        evaluate_predictors(predictors, dataset, "image", lodopab_metrics, run_dir / "eval" / split, device,
+                            batch_size=cfg.data.eval_batch_size)
+
+
+FBP_UNET = Stage("fbp_unet", FBPUNetConfig, FBPUNetTask, final_evaluation)
