@@ -1,0 +1,179 @@
+"""Apply trained X-ray -> CT models to one pair of X-rays and write the CT as NIfTI (HU).
+
+``XRAYS`` is either
+
+* an ``.npy`` file holding a float array ``(2, n, n)`` = (frontal, lateral) prepared like the training data
+  (:func:`ctpipe.ops.drr.drr_to_image`: values in [0, 1], row 0 superior, frontal column 0 = patient right,
+  lateral column 0 = anterior); the field of view of the cube it shows must be given (``fov_mm``), or
+* a shard-set folder written by ``ctpipe prep drr`` plus ``sample_id``: the sample's ``xray`` and its
+  recorded ``fov_mm`` are used.
+
+``checkpoint`` is a ``stage1_64`` checkpoint (64^3 output; with ``refine`` a ``refine_256`` checkpoint, the
+output is the refined 256^3 volume) or a ``direct_256`` checkpoint (256^3). The output volume is in canonical
+RAS order with an isotropic spacing ``fov_mm / size`` and the cube centred on the world origin (voxel ``i`` at
+``(i - (size - 1) / 2) * spacing`` mm, the convention of :mod:`ctpipe.ops.drr`); values are HU obtained by
+inverting the training window: ``HU = low + v * (high - low)`` with ``v`` clamped to [0, 1] (intensities
+outside the window were clipped in training and cannot be recovered). The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from ctpipe.atomic import atomic_path
+
+
+@dataclass(frozen=True)
+class XRayInput:
+    xray: np.ndarray  # (2, n, n) float32
+    fov_mm: float
+    source: str
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    path: Path
+    shape: tuple[int, int, int]
+    spacing_mm: float
+    hu_window: tuple[float, float]
+    model: str
+
+
+def load_xrays(xrays: str | os.PathLike[str], sample_id: str | None = None, fov_mm: float | None = None) -> XRayInput:
+    """Read ``XRAYS`` (see the module docstring)."""
+    path = Path(xrays)
+    if path.is_dir():
+        return _shard_sample(path, sample_id, fov_mm)
+    if path.suffix != ".npy":
+        raise ValueError(f"--xrays {path}: pass an .npy file (2, n, n) or a shard-set folder with --sample-id")
+    if not path.is_file():
+        raise FileNotFoundError(f"--xrays {path} does not exist")
+    array = np.load(path).astype(np.float32)
+    if array.ndim != 3 or array.shape[0] != 2 or array.shape[1] != array.shape[2]:
+        raise ValueError(f"--xrays {path}: expected an array (2, n, n) = (frontal, lateral), got {array.shape}")
+    if fov_mm is None or not fov_mm > 0:
+        raise ValueError(f"--xrays {path} is an .npy file: give the field of view of the volume it shows with "
+                         "--fov-mm (e.g. 320), or pass a shard-set folder with --sample-id")
+    return XRayInput(array, float(fov_mm), str(path))
+
+
+def _shard_sample(root: Path, sample_id: str | None, fov_mm: float | None) -> XRayInput:
+    import h5py
+
+    from ctpipe.data.shards import SAMPLE_ID_KEY, read_manifest
+
+    manifest = read_manifest(root)
+    if sample_id is None:
+        raise ValueError(f"--xrays {root} is a shard set: choose a sample with --sample-id")
+    for info in manifest.shards:
+        with h5py.File(manifest.shard_path(info), "r") as handle:
+            ids = list(handle[SAMPLE_ID_KEY].asstr()[:])
+            if sample_id in ids:
+                row = ids.index(sample_id)
+                xray = np.asarray(handle["xray"][row], dtype=np.float32)
+                fov = float(handle["fov_mm"][row][0]) if fov_mm is None else float(fov_mm)
+                return XRayInput(xray, fov, f"{root}:{sample_id}")
+    raise KeyError(f"sample {sample_id!r} is not in the shard set {root}")
+
+
+def volume_affine(size: int, fov_mm: float) -> np.ndarray:
+    """RAS affine of a ``size^3`` cube of edge ``fov_mm`` centred on the origin."""
+    spacing = fov_mm / size
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = -(size - 1) / 2.0 * spacing
+    return affine
+
+
+def unit_to_hu(volume: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
+    low, high = float(hu_window[0]), float(hu_window[1])
+    return (np.clip(volume, 0.0, 1.0) * (high - low) + low).astype(np.float32)
+
+
+def save_ct_nifti(volume_hu: np.ndarray, fov_mm: float, out: str | os.PathLike[str]) -> Path:
+    """Write a RAS ``(s, s, s)`` HU volume atomically (the temp file keeps the ``.nii``/``.nii.gz`` suffix)."""
+    out = Path(out)
+    suffix = ".nii.gz" if out.name.endswith(".nii.gz") else ".nii" if out.suffix == ".nii" else None
+    if suffix is None:
+        raise ValueError(f"--out {out}: the output must end in .nii or .nii.gz")
+    image = nib.Nifti1Image(np.ascontiguousarray(volume_hu, dtype=np.float32), volume_affine(volume_hu.shape[0], fov_mm))
+    image.header.set_xyzt_units("mm")
+    with atomic_path(out, suffix=suffix) as tmp:
+        nib.save(image, str(tmp))
+    return out
+
+
+@torch.no_grad()
+def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, refine: str | os.PathLike[str] | None,
+                        device: torch.device | str = "cpu") -> tuple[np.ndarray, tuple[float, float], str]:
+    """``(volume in [0, 1] (s, s, s), hu_window, model name)`` for one ``(2, n, n)`` X-ray pair."""
+    from ctpipe.checkpoint import load_checkpoint
+    from ctpipe.stages.xray2ct_common import checkpoint_config, load_stage1
+
+    device = torch.device(device)
+    state = load_checkpoint(checkpoint)
+    config = checkpoint_config(state, checkpoint)
+    window = tuple(float(v) for v in config["data"]["hu_window"])
+    batch = torch.from_numpy(np.ascontiguousarray(xray))[None].to(device)
+    if config.get("stage") == "direct_256":
+        if refine is not None:
+            raise ValueError("--refine applies to stage1_64 checkpoints, not to a direct_256 one")
+        model = _direct_model(state, config, device)
+        return model(batch)[trained_output_size(state)][0, 0].float().clamp(0, 1).cpu().numpy(), window, "direct_256"  # type: ignore[return-value]
+    stage1, _ = load_stage1(checkpoint, device)
+    low = stage1(batch).float().clamp(0, 1)
+    if refine is None:
+        return low[0, 0].cpu().numpy(), window, "stage1_64"  # type: ignore[return-value]
+    refiner, size = _refine_model(refine, low.shape[-1], device)
+    return refiner(low)[size][0, 0].float().clamp(0, 1).cpu().numpy(), window, "refine_256"  # type: ignore[return-value]
+
+
+def _direct_model(state: dict[str, Any], config: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    from ctpipe.config import from_dict
+    from ctpipe.models.direct256 import Direct256
+    from ctpipe.stages.direct_256 import DirectModelConfig, resolve_direct_network
+
+    model_cfg = from_dict(DirectModelConfig, config["model"], "checkpoint model")
+    model = Direct256(resolve_direct_network(model_cfg, trained_output_size(state), False))
+    model.load_state_dict(state["models"]["model"])
+    return model.to(device).eval()
+
+
+def trained_output_size(state: dict[str, Any]) -> int:
+    """The grid a refine_256 / direct_256 run was trained on (recorded in its fingerprint)."""
+    return int(json.loads(state["fingerprint"])["output_size"])
+
+
+def _refine_model(path: str | os.PathLike[str], input_size: int,
+                  device: torch.device) -> tuple[torch.nn.Module, int]:
+    from ctpipe.checkpoint import load_checkpoint
+    from ctpipe.config import from_dict
+    from ctpipe.models.refine256 import Refine256
+    from ctpipe.stages.refine_256 import RefineModelConfig, resolve_refine_network
+    from ctpipe.stages.xray2ct_common import checkpoint_config
+
+    state = load_checkpoint(path)
+    config = checkpoint_config(state, path)
+    if config.get("stage") != "refine_256":
+        raise ValueError(f"--refine {path} is a {config.get('stage')!r} checkpoint; pass a refine_256 run's best.pt")
+    model_cfg = from_dict(RefineModelConfig, config["model"], f"{path}: model")
+    model = Refine256(resolve_refine_network(model_cfg, input_size, False))
+    model.load_state_dict(state["models"]["refine"])
+    return model.to(device).eval(), trained_output_size(state)
+
+
+def infer_xray2ct(checkpoint: str | os.PathLike[str], xrays: str | os.PathLike[str], out: str | os.PathLike[str],
+                  refine: str | os.PathLike[str] | None = None, sample_id: str | None = None,
+                  fov_mm: float | None = None, device: torch.device | str = "cpu") -> InferenceResult:
+    """X-rays -> CT NIfTI in HU (see the module docstring)."""
+    source = load_xrays(xrays, sample_id, fov_mm)
+    volume, window, model = predict_unit_volume(checkpoint, source.xray, refine, device)
+    path = save_ct_nifti(unit_to_hu(volume, window), source.fov_mm, out)
+    return InferenceResult(path, tuple(volume.shape), source.fov_mm / volume.shape[0], window, model)  # type: ignore[arg-type]

@@ -1,0 +1,142 @@
+"""Issue 7 (stage ``direct_256``): dual-view X-rays -> 256^3 CT end to end with :class:`Direct256`.
+
+Gradient checkpointing (``train.gradient_checkpointing``: transformer blocks and every decoder stage) and
+AMP (``train.amp``) keep the 256^3 activations in memory. The encoder and transformer can start from a
+``stage1_64`` checkpoint (``init_from_stage1``; used only when the run starts, a resume restores its own
+weights). Loss: multi-scale (the three finest outputs against the high-resolution target average-pooled
+to each scale). Final evaluation row: ``direct_256`` on the high-resolution grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+
+from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.distributed import DistEnv
+from ctpipe.models.direct256 import Direct256, Direct256Config
+from ctpipe.models.xray2ct import XRAY2CT_TINY
+from ctpipe.stages.base import Stage
+from ctpipe.stages.stage1_64 import load_best
+from ctpipe.stages.xray2ct_common import (
+    PSNR_COLUMN,
+    SSIM_COLUMN,
+    XRAY_FIELD,
+    VolumeLoss,
+    VolumeLossConfig,
+    XRayDataConfig,
+    check_shard_set,
+    evaluate_volume_models,
+    evaluation_splits,
+    field_size,
+    load_stage1,
+    load_xray_splits,
+    volume_metrics,
+    xray_input,
+)
+
+DIRECT_MODEL = "direct_256"
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectModelConfig:
+    """``default`` (Direct256Config(): default backbone, 256^3), ``tiny`` (tiny backbone, decoder stages
+    derived from the shard set's high-resolution size) or ``custom`` (``network``)."""
+
+    preset: Literal["default", "tiny", "custom"] = "default"
+    network: Direct256Config | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Direct256StageConfig:
+    stage: Literal["direct_256"] = "direct_256"
+    experiment: str = "direct_256"
+    init_from_stage1: str | None = None
+    data: XRayDataConfig = XRayDataConfig(batch_size=1, eval_batch_size=1)
+    model: DirectModelConfig = DirectModelConfig()
+    loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
+    scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
+    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", gradient_checkpointing=True, early_stopping_patience=None)
+
+
+def tiny_direct_config(output_size: int) -> Direct256Config:
+    """The tiny backbone with one small decoder stage per doubling from its token grid to ``output_size``."""
+    stages = int(round(math.log2(output_size / XRAY2CT_TINY.token_grid)))
+    if stages < 3 or XRAY2CT_TINY.token_grid * 2**stages != output_size:
+        raise ConfigError(f"model.preset=tiny cannot reach {output_size}^3 from a {XRAY2CT_TINY.token_grid}^3 token grid "
+                          "by >= 3 doublings; use a high-resolution field of 32^3 or more (power of two)")
+    return Direct256Config(backbone=XRAY2CT_TINY, output_size=output_size, decoder_channels=(8,) * (stages - 1) + (4,))
+
+
+def resolve_direct_network(model: DirectModelConfig, output_size: int, gradient_checkpointing: bool) -> Direct256Config:
+    if model.preset == "custom":
+        if model.network is None:
+            raise ConfigError("model.preset='custom' needs model.network (the Direct256Config fields)")
+        network = model.network
+    elif model.network is not None:
+        raise ConfigError("model.network is only used with model.preset='custom'")
+    else:
+        network = Direct256Config() if model.preset == "default" else tiny_direct_config(output_size)
+    if network.output_size != output_size:
+        raise ConfigError(f"the direct_256 network outputs {network.output_size}^3 but data.high_field holds "
+                          f"{output_size}^3 volumes; change data.high_field or the model")
+    return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
+
+
+class Direct256Task:
+    """Trainer task: ``xray`` -> Direct256 -> {s/4, s/2, s}^3, multi-scale loss against ``data.high_field``."""
+
+    def __init__(self, cfg: Direct256StageConfig, env: DistEnv, device: torch.device) -> None:
+        from ctpipe.schedules import build_optimizer
+
+        self.cfg = cfg
+        self.high_size = field_size(cfg.data.root, cfg.data.high_field)
+        self.network = resolve_direct_network(cfg.model, self.high_size, cfg.train.gradient_checkpointing)
+        check_shard_set(cfg.data, self.network.backbone.xray_size)
+        self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
+        self.model = Direct256(self.network)
+        if cfg.init_from_stage1:
+            stage1, _ = load_stage1(cfg.init_from_stage1)
+            self.model.load_stage1_state_dict(stage1.state_dict())
+        self.loss = VolumeLoss(cfg.loss).to(device)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}
+        self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
+                            "optim": to_dict(cfg.optim), "init_from_stage1": cfg.init_from_stage1,
+                            "output_size": self.high_size}
+
+    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+        with stepper.autocast():
+            outputs = stepper.module("model")(xray_input(batch))
+            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.high_field])
+        stepper.backward(loss, "model")
+        return terms
+
+    def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.model(xray_input(batch))[self.high_size].float()
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        pred, target = self.predict(batch), batch[self.cfg.data.high_field]
+        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
+        return {"loss": self.loss.per_sample(pred, target),
+                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
+
+
+def final_evaluation(cfg: Direct256StageConfig, task: Direct256Task, run_dir: Path, device: torch.device,
+                     env: DistEnv) -> None:
+    """``direct_256`` (best checkpoint) against the high-resolution targets."""
+    if not env.is_main:
+        return
+    load_best(task, run_dir, device)
+    for split, dataset in evaluation_splits(task):
+        evaluate_volume_models(lambda b: {DIRECT_MODEL: task.predict(b)}, {DIRECT_MODEL: cfg.data.high_field},
+                               dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
+                               batch_size=cfg.data.eval_batch_size)
+
+
+DIRECT_256 = Stage("direct_256", Direct256StageConfig, Direct256Task, final_evaluation)

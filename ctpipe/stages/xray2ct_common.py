@@ -1,0 +1,445 @@
+"""Pieces shared by the X-ray -> CT stages (``stage1_64``, ``refine_256``, ``direct_256``) and their inference.
+
+Data: a shard set written by :func:`ctpipe.data.drr_prep.prep_drr` with fields ``xray`` ``(2, n, n)``
+(frontal, lateral), ``volume_{s}`` ``(s, s, s)`` in [0, 1] (HU window ``hu_window`` mapped linearly onto
+[0, 1] and clipped) and ``fov_mm``. :class:`ctpipe.data.datasets.ShardDataset` adds a leading channel axis
+to every field, so a batch holds ``xray`` as ``(B, 1, 2, n, n)``: :func:`xray_input` squeezes that axis to
+the ``(B, 2, n, n)`` the networks take. Volumes come out ``(B, 1, s, s, s)``, as the networks want.
+
+Metrics (:func:`volume_metrics`): every prediction is clamped to [0, 1] (the window) and scored per volume
+with the SAME code: 3D PSNR and true 3D SSIM with ``data_range=1`` (the [0, 1] window; columns
+``psnr[range=1]``, ``ssim[range=1]``), MAE on [0, 1] (``mae``) and in HU (``mae_hu`` = MAE x window width).
+The CSVs also carry the HU window (``hu_window_low``, ``hu_window_high``) and the grid edge the metric was
+computed on (``eval_size``), so a 64^3 row can never be mistaken for a 256^3 one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ctpipe.atomic import atomic_path
+from ctpipe.config import ConfigError
+from ctpipe.losses3d import ssim3d
+from ctpipe.metrics import mae, metric_column, psnr, ssim, ssim_window_size
+from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HU_WINDOW = (-1024.0, 1476.0)  # the prep's window (X2CT-GAN's 0..2500 offset)
+XRAY_FIELD = "xray"
+FOV_FIELD = "fov_mm"
+SPLITS = ("validation", "test")
+
+STAGE1_PRESETS: dict[str, XRay2CTConfig] = {"default": XRay2CTConfig(), "tiny": XRAY2CT_TINY}
+
+
+# ---- configuration ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class XRayDataConfig:
+    """Shard set and fields. ``volume_field`` is stage 1's grid, ``high_field`` the high-resolution target.
+
+    ``high_field`` may be absent from the shard set for ``stage1_64`` (then no trilinear row is written);
+    ``refine_256`` and ``direct_256`` need it. ``hu_window`` must equal the shard set's (checked)."""
+
+    root: str = "data/xray2ct/shards"
+    train_split: str = "train"
+    val_split: str = "validation"
+    test_split: str = "test"
+    batch_size: int = 8                 # per GPU (per rank)
+    eval_batch_size: int = 2
+    num_workers: int = 4
+    volume_field: str = "volume_64"
+    high_field: str = "volume_256"
+    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
+
+
+@dataclass(frozen=True)
+class Stage1ModelConfig:
+    """``preset`` ``default`` (about 15M parameters) or ``tiny`` (tests); ``custom`` uses ``network``."""
+
+    preset: Literal["default", "tiny", "custom"] = "default"
+    network: XRay2CTConfig | None = None
+
+
+@dataclass(frozen=True)
+class VolumeLossConfig:
+    """Loss weights (0 switches a term off) and multi-scale supervision.
+
+    Per supervised scale: ``l1 * L1 + mse * MSE + ssim3d * (1 - SSIM3D) + edge * EDGE + perceptual * VGG``.
+    SSIM3D is a true 3D SSIM (11-voxel window; skipped on scales smaller than 11 voxels), EDGE the L1 distance
+    of 3D Sobel magnitudes (:func:`ctpipe.losses.edge_loss`), VGG the MSE of frozen VGG16 features of the
+    axial slices (final scale only; needs LOCAL ImageNet weights: ``vgg_weights_path`` or
+    ``$CTPIPE_VGG16_WEIGHTS``; nothing downloads, so keep ``perceptual`` at 0 unless the file exists).
+
+    ``scale_weights`` weighs the outputs from coarse to fine; its LAST entry is the final resolution. For
+    ``stage1_64``, ``k`` entries add ``k - 1`` auxiliary sigmoid heads on the last decoder stages (the
+    "multi-scale" term: heads on the 128- and 64-channel stages next to the 32-channel output); for
+    ``refine_256`` / ``direct_256`` up to 3 entries apply to the network's finest outputs. Coarse targets are
+    the high-resolution target average-pooled to each scale.
+    """
+
+    l1: float = 1.0
+    mse: float = 0.0
+    ssim3d: float = 0.0
+    edge: float = 0.0
+    perceptual: float = 0.0
+    vgg_weights_path: str | None = None
+    vgg_layer: str = "relu2_2"
+    scale_weights: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        weights = {n: getattr(self, n) for n in ("l1", "mse", "ssim3d", "edge", "perceptual")}
+        bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
+        if bad or not any(v > 0 for v in weights.values()):
+            raise ConfigError(f"loss: weights must be finite and >= 0 with at least one > 0, got {weights}")
+        if not self.scale_weights or any(not (math.isfinite(w) and w >= 0) for w in self.scale_weights):
+            raise ConfigError(f"loss.scale_weights={self.scale_weights}: give one weight >= 0 per scale, coarse to fine")
+
+
+def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: bool = False) -> XRay2CTConfig:
+    """The XRay2CTConfig a stage-1 model config describes."""
+    if model.preset == "custom":
+        if model.network is None:
+            raise ConfigError("model.preset='custom' needs model.network (the XRay2CTConfig fields)")
+        network = model.network
+    else:
+        if model.network is not None:
+            raise ConfigError(f"model.network is only used with model.preset='custom' (preset is {model.preset!r}); "
+                              "remove model.network or set model.preset=custom")
+        network = STAGE1_PRESETS[model.preset]
+    return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def field_size(root: str | Path, field: str) -> int:
+    """Edge length of a cubic ``volume_*`` field or of the (square) ``xray`` field of a shard set."""
+    from ctpipe.data.shards import read_manifest
+
+    manifest = read_manifest(root)
+    if field not in manifest.fields:
+        raise KeyError(f"shard set {root} has no field {field!r} (it has {sorted(manifest.fields)}); re-run "
+                       "`ctpipe prep drr` with the matching --volume-size, or change data.volume_field/high_field")
+    return int(manifest.fields[field].shape[-1])
+
+
+def has_field(root: str | Path, field: str) -> bool:
+    from ctpipe.data.shards import read_manifest
+
+    return field in read_manifest(root).fields
+
+
+def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
+    """The shard set's HU window and X-ray size must be what the config and model expect."""
+    from ctpipe.data.shards import read_manifest
+
+    manifest = read_manifest(cfg.root)
+    window = tuple(float(v) for v in manifest.attrs.get("hu_window", DEFAULT_HU_WINDOW))
+    if window != tuple(cfg.hu_window):
+        raise ConfigError(f"shard set {cfg.root} uses the HU window {window}, the config says data.hu_window="
+                          f"{tuple(cfg.hu_window)}; set data.hu_window={list(window)}")
+    have = field_size(cfg.root, XRAY_FIELD)
+    if have != xray_size:
+        raise ConfigError(f"shard set {cfg.root} holds {have}^2 X-rays, the network expects xray_size={xray_size}; "
+                          "re-run `ctpipe prep drr --xray-size` or change the model")
+
+
+def load_xray_splits(cfg: XRayDataConfig, fields: Sequence[str]) -> tuple[Any, Any, Any]:
+    """Train / validation / test ShardDatasets of ``fields`` (validation/test None when empty)."""
+    from ctpipe.data.datasets import ShardDataset
+    from ctpipe.data.shards import read_manifest
+
+    splits = read_manifest(cfg.root).splits
+
+    def load(split: str) -> Any:
+        return ShardDataset(cfg.root, split, tuple(fields)) if splits.get(split) else None
+
+    train = load(cfg.train_split)
+    if train is None:
+        raise ValueError(f"shard set {cfg.root} has no samples in split {cfg.train_split!r}; splits: {sorted(splits)}")
+    return train, load(cfg.val_split), load(cfg.test_split)
+
+
+def xray_input(batch: Mapping[str, Any]) -> Tensor:
+    """``(B, 1, 2, n, n)`` (ShardDataset's channel axis) -> ``(B, 2, n, n)``; 4D input passes unchanged."""
+    xray = batch[XRAY_FIELD]
+    if xray.dim() == 5 and xray.shape[1] == 1:
+        return xray[:, 0]
+    if xray.dim() == 4:
+        return xray
+    raise ValueError(f"expected X-rays (B, 1, 2, n, n) or (B, 2, n, n), got {tuple(xray.shape)}")
+
+
+def resize_volume(volume: Tensor, size: int) -> Tensor:
+    """``(B, C, s, s, s)`` -> ``size^3``: average pooling for an integer shrink, else trilinear."""
+    n = volume.shape[-1]
+    if n == size:
+        return volume
+    if n > size and n % size == 0:
+        return F.avg_pool3d(volume, kernel_size=n // size)
+    return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=False)
+
+
+# ---- stage-1 network with optional multi-scale heads -----------------------------------------------------------
+class Stage1Net(nn.Module):
+    """:class:`XRay2CT64` (as ``net``) plus ``n_aux`` sigmoid heads on the last decoder stages before the output.
+
+    ``forward`` returns ``{edge: (B, 1, s, s, s)}`` for every supervised scale; the final output equals
+    ``net(xray)`` exactly. The checkpoint keys of the backbone are ``net.*`` (see :func:`stage1_state`)."""
+
+    def __init__(self, config: XRay2CTConfig, n_aux: int = 0) -> None:
+        super().__init__()
+        stages = len(config.decoder_channels)
+        if not 0 <= n_aux < stages:
+            raise ConfigError(f"stage1_64: {n_aux} auxiliary heads requested, the decoder has {stages} stages "
+                              f"(at most {stages - 1}); shorten loss.scale_weights")
+        self.net = XRay2CT64(config)
+        self.aux = nn.ModuleList([nn.Conv3d(c, 1, 1) for c in config.decoder_channels[stages - 1 - n_aux : stages - 1]])
+
+    def forward(self, xray: Tensor) -> dict[int, Tensor]:
+        size = self.net.config.volume_size
+        if not len(self.aux):
+            return {size: self.net(xray)}
+        decoder = self.net.decoder
+        x = self.net.features(xray)
+        first = len(decoder.stages) - 1 - len(self.aux)
+        outputs: dict[int, Tensor] = {}
+        for index, stage in enumerate(decoder.stages):
+            x = stage(x)
+            if first <= index < len(decoder.stages) - 1:
+                outputs[x.shape[-1]] = torch.sigmoid(self.aux[index - first](x))
+        outputs[size] = torch.sigmoid(decoder.head(x))
+        return outputs
+
+
+def stage1_state(models_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The :class:`XRay2CT64` state dict inside a Stage1Net state dict (``net.`` prefix removed)."""
+    return {k[len("net."):]: v for k, v in models_state.items() if k.startswith("net.")}
+
+
+def checkpoint_config(state: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
+    config = state.get("config")
+    if not config:
+        raise ValueError(f"checkpoint {path} records no config; it was not written by `ctpipe train`")
+    return json.loads(config) if isinstance(config, str) else dict(config)
+
+
+def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[XRay2CT64, dict[str, Any]]:
+    """A trained stage-1 network (eval mode, frozen) and its run config, from a ``stage1_64`` checkpoint."""
+    from ctpipe.checkpoint import load_checkpoint
+    from ctpipe.config import from_dict
+
+    state = load_checkpoint(path)
+    config = checkpoint_config(state, path)
+    if config.get("stage") != "stage1_64":
+        raise ValueError(f"{path} is a {config.get('stage')!r} checkpoint; pass a stage1_64 run's checkpoints/best.pt")
+    model_cfg = from_dict(Stage1ModelConfig, config["model"], f"{path}: model")
+    network = resolve_stage1_network(model_cfg)
+    model = XRay2CT64(network)
+    model.load_state_dict(stage1_state(state["models"]["model"]))
+    model.requires_grad_(False)
+    return model.to(device).eval(), config
+
+
+# ---- losses ---------------------------------------------------------------------------------------------------
+class VolumeLoss(nn.Module):
+    """The weighted terms of :class:`VolumeLossConfig` on one or several output scales."""
+
+    def __init__(self, cfg: VolumeLossConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vgg: nn.Module | None = None
+        if cfg.perceptual > 0:
+            from ctpipe.models.vgg_features import VGGFeatures
+
+            self.vgg = VGGFeatures(cfg.vgg_weights_path, cfg.vgg_layer, 1.0)
+
+    def terms(self, pred: Tensor, target: Tensor, final: bool) -> dict[str, Tensor]:
+        """Unweighted scalar terms on one scale, in float32 outside autocast (SSIM statistics and the Sobel
+        kernels must not run in bfloat16/float16)."""
+        with torch.autocast(pred.device.type, enabled=False):
+            return self._terms(pred.float(), target.float(), final)
+
+    def _terms(self, pred: Tensor, target: Tensor, final: bool) -> dict[str, Tensor]:
+        from ctpipe.losses import edge_loss
+
+        cfg = self.cfg
+        out: dict[str, Tensor] = {}
+        if cfg.l1 > 0:
+            out["l1"] = F.l1_loss(pred, target)
+        if cfg.mse > 0:
+            out["mse"] = F.mse_loss(pred, target)
+        if cfg.ssim3d > 0 and min(pred.shape[2:]) >= ssim_window_size():
+            out["ssim3d"] = 1.0 - ssim3d(pred, target).mean()
+        if cfg.edge > 0 and min(pred.shape[2:]) >= 3:
+            out["edge"] = edge_loss(pred, target)
+        if cfg.perceptual > 0 and final and self.vgg is not None:
+            out["perceptual"] = self._perceptual(pred, target)
+        return out
+
+    def _perceptual(self, pred: Tensor, target: Tensor) -> Tensor:
+        assert self.vgg is not None
+        slices = lambda v: v.permute(0, 2, 1, 3, 4).reshape(-1, 1, *v.shape[3:])  # noqa: E731
+        with torch.no_grad():
+            wanted = self.vgg(slices(target))
+        return F.mse_loss(self.vgg(slices(pred.clamp(0.0, 1.0))), wanted)
+
+    def weighted(self, terms: Mapping[str, Tensor]) -> Tensor:
+        return sum(getattr(self.cfg, name) * value for name, value in terms.items())  # type: ignore[return-value]
+
+    def multiscale(self, outputs: Mapping[int, Tensor], target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss over the finest ``len(scale_weights)`` outputs; ``target`` is the finest scale's target.
+
+        Returns ``(total, logged)``: ``logged`` holds ``loss`` and the final scale's unweighted terms."""
+        sizes = sorted(outputs)[-len(self.cfg.scale_weights):]
+        if len(sizes) != len(self.cfg.scale_weights):
+            raise ConfigError(f"loss.scale_weights has {len(self.cfg.scale_weights)} entries but the network gives "
+                              f"{len(outputs)} outputs ({sorted(outputs)})")
+        total = target.new_zeros(())
+        logged: dict[str, Tensor] = {}
+        for size, weight in zip(sizes, self.cfg.scale_weights):
+            final = size == sizes[-1]
+            terms = self.terms(outputs[size], resize_volume(target, size), final)
+            if weight > 0:
+                total = total + weight * self.weighted(terms)
+            if final:
+                logged = {k: v.detach() for k, v in terms.items()}
+        logged["loss"] = total.detach()
+        return total, logged
+
+    def per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
+        """Validation loss per sample ``(B,)`` on one scale: the L1, MSE, SSIM3D and EDGE terms (no VGG)."""
+        with torch.autocast(pred.device.type, enabled=False):
+            return self._per_sample(pred, target)
+
+    def _per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
+        from ctpipe.losses import sobel_magnitude
+
+        cfg = self.cfg
+        pred, target = pred.float(), target.float()
+        flat = lambda x: x.flatten(1).mean(1)  # noqa: E731
+        value = cfg.l1 * flat((pred - target).abs()) + cfg.mse * flat((pred - target) ** 2)
+        if cfg.ssim3d > 0 and min(pred.shape[2:]) >= ssim_window_size():
+            value = value + cfg.ssim3d * (1.0 - ssim3d(pred, target))
+        if cfg.edge > 0 and min(pred.shape[2:]) >= 3:
+            value = value + cfg.edge * flat((sobel_magnitude(pred) - sobel_magnitude(target)).abs())
+        return value
+
+
+# ---- metrics and the evaluation writer -------------------------------------------------------------------------
+PSNR_COLUMN = metric_column("psnr", 1.0)
+SSIM_COLUMN = metric_column("ssim", 1.0)
+
+
+def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> dict[str, Tensor]:
+    """Per-volume PSNR / 3D SSIM (data_range=1 on the [0, 1] window), MAE ([0, 1] and HU); pred clamped to [0, 1]."""
+    pred = pred.float().clamp(0.0, 1.0)
+    width = float(hu_window[1]) - float(hu_window[0])
+    err = mae(pred, target)
+    return {PSNR_COLUMN: psnr(pred, target, data_range=1.0), SSIM_COLUMN: ssim(pred, target, data_range=1.0),
+            "mae": err, "mae_hu": err * width}
+
+
+def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
+                                hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> Path:
+    """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low, high = float(hu_window[0]), float(hu_window[1])
+    fig, axes = plt.subplots(2, 3, figsize=(8.4, 5.8), squeeze=False)
+    for row, (label, volume) in enumerate((("target", target), ("prediction", pred))):
+        hu = np.clip(np.asarray(volume, dtype=np.float32), 0.0, 1.0) * (high - low) + low
+        c = [s // 2 for s in hu.shape]
+        planes = (("sagittal (x=mid)", hu[c[0], :, :]), ("coronal (y=mid)", hu[:, c[1], :]), ("axial (z=mid)", hu[:, :, c[2]]))
+        for col, (plane, image) in enumerate(planes):
+            ax = axes[row, col]
+            ax.imshow(image.T, cmap="gray", vmin=low, vmax=high, origin="lower")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{label}: {plane}", fontsize=8)
+    fig.suptitle(f"{title} (HU window [{low:g}, {high:g}], {pred.shape[0]}^3 voxels)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def evaluate_volume_models(
+    predict: Callable[[Mapping[str, Any]], Mapping[str, Tensor]],
+    targets: Mapping[str, str],
+    dataset: Any,
+    out_dir: Path,
+    device: torch.device,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    batch_size: int = 2,
+    n_examples: int = 2,
+) -> dict[str, pd.DataFrame]:
+    """Score every model ``predict(batch)`` returns against its target field ``targets[model]``.
+
+    Writes ``<out_dir>/<model>.csv`` (per volume), ``examples.npz`` (the first ``n_examples`` targets and
+    predictions of the models scored on the LARGEST target, for :func:`ctpipe.report.plot_examples`) and
+    ``<model>_slices.png`` (orthogonal slices of the first volume). ``predict`` computes all models of a
+    batch at once, so shared work (the stage-1 forward pass) runs once.
+    """
+    from ctpipe.train import collate
+    from torch.utils.data import DataLoader
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sizes = {name: field_size(dataset.root, key) for name, key in targets.items()}
+    example_key = targets[max(targets, key=lambda n: sizes[n])]
+    example_models = [n for n in targets if targets[n] == example_key]
+    extra = {"hu_window_low": float(hu_window[0]), "hu_window_high": float(hu_window[1])}
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    examples: dict[str, list[np.ndarray]] = {"target": [], **{n: [] for n in example_models}}
+    first: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for batch in loader:
+        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        outputs = predict(batch)
+        take = max(n_examples - len(examples["target"]), 0)
+        examples["target"] += [t[0].cpu().numpy() for t in batch[example_key][:take]]
+        for name, key in targets.items():
+            pred, target = outputs[name].float().clamp(0.0, 1.0), batch[key]
+            values = volume_metrics(pred, target, hu_window)
+            if name in examples:
+                examples[name] += [p[0].cpu().numpy() for p in pred[:take]]
+            if name not in first:
+                first[name] = (pred[0, 0].cpu().numpy(), target[0, 0].cpu().numpy(), batch["sample_id"][0])
+            for i in range(target.shape[0]):
+                rows[name].append({"sample_id": batch["sample_id"][i], "patient_id": batch["patient_id"][i],
+                                   **{k: float(v[i]) for k, v in values.items()}, "eval_size": sizes[name], **extra})
+    frames = {}
+    for name, model_rows in rows.items():
+        frame = pd.DataFrame(model_rows)
+        frame.insert(0, "model", name)
+        with atomic_path(out_dir / f"{name}.csv") as tmp:
+            frame.to_csv(tmp, index=False)
+        frames[name] = frame
+        if name in first:
+            pred, target, sample = first[name]
+            write_orthogonal_slices_png(pred, target, out_dir / f"{name}_slices.png", f"{name} / {sample}", hu_window)
+    with atomic_path(out_dir / "examples.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
+    return frames
+
+
+def evaluation_splits(task: Any) -> list[tuple[str, Any]]:
+    """``[(split, dataset)]`` for the non-empty validation / test splits of a task."""
+    found = [("validation", task.val_set), ("test", task.test_set)]
+    return [(name, data) for name, data in found if data is not None and len(data) > 0]

@@ -1,0 +1,75 @@
+"""ctpipe infer xray2ct: NIfTI shape, spacing (fov / size), centred RAS affine, HU = inverted window, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from ctpipe.cli import main
+from ctpipe.infer_xray2ct import infer_xray2ct, load_xrays, volume_affine
+from ctpipe.runner import run_stage
+from ctpipe.stages.xray2ct_common import load_stage1
+from tests.stages.test_stage1_64 import TINY, make_xray_shards, quick_stage1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("infer")
+    shards = make_xray_shards(root, n=6)
+    stage1 = quick_stage1(shards, root / "stage1")
+    run_stage("refine_256", root / "refine", [f"data.root={shards}", *TINY, f"stage1_checkpoint={stage1}",
+                                              "loss.scale_weights=[0.5,1.0]", "train.epochs=1",
+                                              "train.max_steps_per_epoch=1", "optim.lr=1e-2"], evaluate=False)
+    return shards, stage1, root / "refine" / "checkpoints" / "best.pt"
+
+
+def test_stage1_output_in_hu_with_the_recorded_fov(trained, tmp_path: Path) -> None:
+    shards, stage1, _ = trained
+    out = tmp_path / "vol.nii.gz"
+    result = infer_xray2ct(stage1, shards, out, sample_id="ct_0001")
+    image = nib.load(out)
+    assert image.shape == (16, 16, 16) and result.model == "stage1_64"
+    source = load_xrays(shards, "ct_0001")
+    assert source.fov_mm == pytest.approx(320.0)  # 32 voxels x 10 mm
+    np.testing.assert_allclose(image.header.get_zooms(), (20.0, 20.0, 20.0))
+    np.testing.assert_allclose(image.affine, volume_affine(16, 320.0))
+    centre = image.affine @ np.array([7.5, 7.5, 7.5, 1.0])
+    np.testing.assert_allclose(centre[:3], 0.0, atol=1e-9)  # cube centred on the origin
+    assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
+    model, _ = load_stage1(stage1)
+    with torch.no_grad():
+        unit = model(torch.from_numpy(source.xray)[None])[0, 0].clamp(0, 1).numpy()
+    np.testing.assert_allclose(image.get_fdata(), unit * 2500.0 - 1024.0, atol=1e-3)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+
+
+def test_refined_output_and_npy_input_through_the_cli(trained, tmp_path: Path, capsys) -> None:
+    shards, stage1, refine = trained
+    xray = tmp_path / "pair.npy"
+    np.save(xray, load_xrays(shards, "ct_0002").xray)
+    out = tmp_path / "refined.nii"
+    main(["infer", "xray2ct", "--checkpoint", str(stage1), "--xrays", str(xray), "--out", str(out),
+          "--refine", str(refine), "--fov-mm", "256", "--device", "cpu"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    image = nib.load(out)
+    assert image.shape == (32, 32, 32) and printed["model"] == "refine_256"  # the grid refine was trained on
+    np.testing.assert_allclose(image.header.get_zooms(), (8.0, 8.0, 8.0))
+    data = image.get_fdata()
+    assert data.min() >= -1024.0 - 1e-3 and data.max() <= 1476.0 + 1e-3
+
+
+def test_npy_without_fov_is_refused(trained, tmp_path: Path) -> None:
+    shards, stage1, _ = trained
+    xray = tmp_path / "pair.npy"
+    np.save(xray, np.zeros((2, 32, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match="--fov-mm"):
+        infer_xray2ct(stage1, xray, tmp_path / "x.nii.gz")
+    with pytest.raises(ValueError, match="--sample-id"):
+        infer_xray2ct(stage1, shards, tmp_path / "x.nii.gz")
+    with pytest.raises(ValueError, match=".nii"):
+        infer_xray2ct(stage1, shards, tmp_path / "x.npy", sample_id="ct_0001")
