@@ -1,0 +1,435 @@
+"""Stage ``pix2pix_phase``: a pix2pix GAN (U-Net G + PatchGAN D) maps a time-averaged CT slice to phase 0.
+
+Data: a ``nifti_pairs`` shard set (``ctpipe prep nifti-pairs``): fields ``input`` (time-averaged) and
+``target`` (phase 0), axial slices in [-1, 1] (the HU window of the prep mapped linearly).
+
+Training (the reference's order, one optimizer per network): ``fake = G(a)``; D step on
+``0.5 * (GAN(D(a, b), real) + GAN(D(a, fake.detach()), fake))``; then G step on
+``GAN(D'(a, fake), real) + lambda_l1 * |fake - b|_1`` against the UPDATED D, where D' is a detached
+parameter snapshot (:func:`ctpipe.models.gan_loss.generator_loss`), so the G loss sends no gradient to D.
+The D step runs through ``stepper.module("D")`` (the DDP wrapper: its gradients are all-reduced); the G
+step's D pass uses the raw ``task.D`` -- exactly what ``generator_loss`` unwraps a DDP wrapper to -- because
+it needs no gradient sync and a ``torch.compile`` wrapper has no ``.module`` to unwrap. Learning rates
+follow the pix2pix rule: constant for ``scheduler.n_epochs_constant`` epochs (the reference's
+``n_epochs``), then linear decay until ``train.epochs`` (= ``n_epochs + n_epochs_decay``). Both optimizers
+and schedulers are checkpointed by the trainer (exact resume; no ``--epoch_count``).
+
+Validation (per slice): ``loss`` = mean |G(a) - b| on the [-1, 1] scale, PSNR / SSIM with the data range
+(-1, 1) named in the column (``psnr[range=-1..1]``).
+
+Final evaluation (per VOLUME): every validation/test volume is rebuilt from its shard slices (the manifest
+records each volume's provenance), mapped back to HU and scored with
+:func:`ctpipe.infer_pix2pix.evaluate_volume` for the model (``pix2pix``) and the ``identity`` baseline (the
+input used as the prediction): ``eval/<split>/{pix2pix,identity}.csv``, one row per volume, on the prep's
+slice grid (the resized grid when the prep resized slices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Iterator, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ctpipe.atomic import atomic_path
+from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
+from ctpipe.distributed import DistEnv
+from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
+from ctpipe.stages.base import Stage
+
+STAGE = "pix2pix_phase"
+MODEL_NAME = "pix2pix"
+BASELINE_NAME = "identity"
+SLICE_RANGE = (-1.0, 1.0)  # the prep's intensity scale (Tanh range)
+N_EXAMPLES = 4
+
+
+# ---- configuration ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PhaseDataConfig(DataConfig):
+    root: str = "data/phases/shards"
+    batch_size: int = 4
+    eval_batch_size: int = 8
+    input_field: str = "input"
+    target_field: str = "target"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pix2PixModelConfig:
+    generator: Literal["unet_256", "unet_512"] = "unet_256"
+    num_downs: int | None = None         # overrides the generator's depth (tiny test models)
+    ngf: int = 64
+    norm: Literal["batch", "instance"] = "batch"
+    dropout: bool = True
+    ndf: int = 64                        # PatchGAN width
+    n_layers_d: int = 3                  # 3 = the 70x70 PatchGAN
+    norm_d: Literal["batch", "instance"] | None = None  # None = same as ``norm`` (the reference)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pix2PixLossConfig:
+    gan_mode: Literal["vanilla", "lsgan"] = "vanilla"
+    lambda_l1: float = 100.0
+
+
+PIX2PIX_ADAM = OptimConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
+
+
+@dataclasses.dataclass(frozen=True)
+class Pix2PixPhaseConfig:
+    stage: Literal["pix2pix_phase"] = "pix2pix_phase"
+    experiment: str = "pix2pix_phase"
+    data: PhaseDataConfig = PhaseDataConfig()
+    model: Pix2PixModelConfig = Pix2PixModelConfig()
+    loss: Pix2PixLossConfig = Pix2PixLossConfig()
+    optim: OptimConfig = PIX2PIX_ADAM            # G (and D unless optim_d is given)
+    optim_d: OptimConfig | None = None
+    # pix2pix: n_epochs = scheduler.n_epochs_constant, n_epochs_decay = train.epochs - n_epochs_constant
+    scheduler: SchedulerConfig = SchedulerConfig(name="linear_decay", n_epochs_constant=100)
+    train: TrainConfig = TrainConfig(epochs=200, early_stopping_patience=None, checkpoint_every=5)
+
+    def __post_init__(self) -> None:
+        if self.scheduler.name == "linear_decay" and not 0 <= self.scheduler.n_epochs_constant <= self.train.epochs:
+            raise ConfigError(
+                f"{STAGE} config: scheduler.n_epochs_constant={self.scheduler.n_epochs_constant} must lie in "
+                f"0..train.epochs={self.train.epochs} (train.epochs = n_epochs + n_epochs_decay)")
+        if self.loss.lambda_l1 < 0:
+            raise ConfigError(f"{STAGE} config: loss.lambda_l1={self.loss.lambda_l1} must be >= 0")
+
+    @property
+    def optim_discriminator(self) -> OptimConfig:
+        return self.optim if self.optim_d is None else self.optim_d
+
+
+# ---- networks ---------------------------------------------------------------------------------------------
+def generator_config(cfg: Pix2PixModelConfig) -> UNetConfig:
+    base = GENERATORS[cfg.generator]
+    return dataclasses.replace(base, num_downs=cfg.num_downs if cfg.num_downs is not None else base.num_downs,
+                               ngf=cfg.ngf, norm=cfg.norm, dropout=cfg.dropout)
+
+
+def build_generator(cfg: Pix2PixModelConfig) -> UNetGenerator:
+    return UNetGenerator(generator_config(cfg))
+
+
+def build_discriminator(cfg: Pix2PixModelConfig) -> nn.Module:
+    from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
+
+    return PatchGANDiscriminator(PatchGANConfig(in_channels=2, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
+                                                norm=cfg.norm_d or cfg.norm))
+
+
+def _has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def sync_batch_norm(module: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm for multi-rank GPU training (statistics over the global batch).
+
+    Must run before the trainer wraps the module in DDP. SyncBatchNorm only runs on accelerators, so CPU
+    (gloo) runs keep per-rank BatchNorm. The state-dict keys are unchanged (checkpoints stay loadable into
+    the plain generator)."""
+    if env.distributed and device.type == "cuda" and _has_batch_norm(module):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return module
+
+
+# ---- data ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PrepInfo:
+    """What inference must repeat: the HU window mapped onto [-1, 1] and the slice side (None = native)."""
+
+    window: tuple[float, float]
+    size: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window_hu": list(self.window), "size": self.size}
+
+
+def read_prep_info(root: str | Path) -> PrepInfo:
+    from ctpipe.data.nifti_pairs import prep_settings
+    from ctpipe.data.shards import read_manifest
+
+    try:
+        manifest = read_manifest(root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no shard set at {root} (manifest.json missing): run `ctpipe prep nifti-pairs` "
+                                "or set data.root") from None
+    window, size = prep_settings(manifest.attrs)
+    return PrepInfo(window, size)
+
+
+def load_phase_splits(cfg: PhaseDataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """Train / validation / test slice datasets (validation and test are None when their split is empty)."""
+    from ctpipe.data.datasets import ShardDataset
+    from ctpipe.data.shards import read_manifest
+
+    splits = read_manifest(cfg.root).splits
+    fields = (cfg.input_field, cfg.target_field)
+
+    def load(split: str) -> Dataset | None:
+        return ShardDataset(cfg.root, split, fields) if splits.get(split) else None
+
+    train = load(cfg.train_split)
+    if train is None:
+        raise ValueError(f"shard set {cfg.root} has no patients in split {cfg.train_split!r}; splits: "
+                         f"{ {k: len(v) for k, v in splits.items()} }")
+    return train, load(cfg.val_split), load(cfg.test_split)
+
+
+def _slice_side(root: str | Path, field: str) -> tuple[int, ...]:
+    from ctpipe.data.shards import read_manifest
+
+    fields = read_manifest(root).fields
+    if field not in fields:
+        raise KeyError(f"shard set {root} has no field {field!r}; it has {sorted(fields)}")
+    return tuple(fields[field].shape)
+
+
+def _check_side(side: tuple[int, ...], g: UNetConfig, root: str | Path) -> None:
+    if len(side) != 2 or side[0] % g.min_side or side[1] % g.min_side:
+        raise ConfigError(f"{STAGE}: slices in {root} are {side}, but a U-Net with num_downs={g.num_downs} needs "
+                          f"sides that are multiples of {g.min_side}; re-prep with --size {max(g.min_side, 256)} "
+                          "or choose model.generator / model.num_downs to match")
+
+
+# ---- the trainer's task ------------------------------------------------------------------------------------
+class Pix2PixPhaseTask:
+    """Modules {"G", "D"}, optimizers {"G", "D"}; D step then G step per batch."""
+
+    def __init__(self, cfg: Pix2PixPhaseConfig, env: DistEnv, device: torch.device) -> None:
+        from ctpipe.schedules import build_optimizer
+
+        self.cfg = cfg
+        self.prep = read_prep_info(cfg.data.root)
+        side = _slice_side(cfg.data.root, cfg.data.input_field)
+        _check_side(side, generator_config(cfg.model), cfg.data.root)
+        self.train_set, self.val_set, self.test_set = load_phase_splits(cfg.data)
+        self.G = sync_batch_norm(build_generator(cfg.model), env, device)
+        self.D = sync_batch_norm(build_discriminator(cfg.model), env, device)
+        self.modules: dict[str, nn.Module] = {"G": self.G, "D": self.D}
+        self.optimizers = {"G": build_optimizer(self.G.parameters(), cfg.optim),
+                           "D": build_optimizer(self.D.parameters(), cfg.optim_discriminator)}
+        self.fingerprint = {"model": to_dict(cfg.model), "loss": to_dict(cfg.loss), "optim": to_dict(cfg.optim),
+                            "optim_d": to_dict(cfg.optim_discriminator), "slice_shape": list(side),
+                            "prep": self.prep.to_dict()}
+
+    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+        from ctpipe.models.gan_loss import discriminator_loss, generator_loss
+
+        a, b = batch[self.cfg.data.input_field], batch[self.cfg.data.target_field]
+        mode = self.cfg.loss.gan_mode
+        with stepper.autocast():
+            fake = stepper.module("G")(a)
+            d = discriminator_loss(stepper.module("D"), a, b, fake, mode)
+        stepper.backward(d.total.float(), "D")
+        with stepper.autocast():  # against the updated D, through a detached snapshot of its parameters
+            g = generator_loss(self.D, a, b, fake, mode, self.cfg.loss.lambda_l1)
+        stepper.backward(g.total.float(), "G")
+        return {"G_gan": g.gan.detach(), "G_l1": g.l1.detach(), "D_real": d.real.detach(),
+                "D_fake": d.fake.detach()}
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return slice_metrics(self.G(batch[self.cfg.data.input_field]).float(), batch[self.cfg.data.target_field])
+
+
+def slice_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-slice values on the [-1, 1] scale: ``loss`` (= L1), PSNR and SSIM with range (-1, 1)."""
+    from ctpipe.metrics import metric_column, psnr, ssim
+
+    l1 = (pred - target).abs().flatten(1).mean(1)
+    return {"loss": l1, metric_column("psnr", SLICE_RANGE): psnr(pred, target, SLICE_RANGE),
+            metric_column("ssim", SLICE_RANGE): ssim(pred, target, SLICE_RANGE)}
+
+
+# ---- final evaluation: whole volumes -------------------------------------------------------------------------
+@dataclasses.dataclass
+class VolumeSlices:
+    """One volume's axial slices on the [-1, 1] scale, ``(D, H, W)`` each, in slice order."""
+
+    patient_id: str
+    input: np.ndarray
+    target: np.ndarray
+    prediction: np.ndarray
+
+
+@torch.no_grad()
+def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, device: torch.device,
+                    expected_slices: Mapping[str, int] | None = None) -> Iterator[VolumeSlices]:
+    """Run ``generator`` over ``dataset`` and yield one :class:`VolumeSlices` per patient, one at a time.
+
+    Relies on the shard-set order (manifest shard order, then row order; a nifti_pairs shard is one volume
+    with its slices in order), so a volume's slices are contiguous; a patient that reappears raises.
+    ``expected_slices`` (from the manifest's provenance) is checked against what was read.
+    """
+    from ctpipe.train import collate
+
+    loader = DataLoader(dataset, batch_size=data.eval_batch_size, shuffle=False, collate_fn=collate)
+    done: set[str] = set()
+    current: str | None = None
+    parts: dict[str, list[np.ndarray]] = {"input": [], "target": [], "prediction": []}
+
+    def flush() -> VolumeSlices:
+        assert current is not None
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        want = (expected_slices or {}).get(current)
+        if want is not None and arrays["input"].shape[0] != want:
+            raise ValueError(f"volume {current!r}: {arrays['input'].shape[0]} slices in the shards, the manifest "
+                             f"records {want}; re-run the prep")
+        done.add(current)
+        return VolumeSlices(current, arrays["input"], arrays["target"], arrays["prediction"])
+
+    for batch in loader:
+        a = batch[data.input_field].to(device)
+        pred = generator(a).float().clamp(*SLICE_RANGE)
+        columns = {"input": a[:, 0].float().cpu().numpy(), "target": batch[data.target_field][:, 0].numpy(),
+                   "prediction": pred[:, 0].cpu().numpy()}
+        for i, patient in enumerate(batch["patient_id"]):
+            if patient != current:
+                if current is not None:
+                    yield flush()
+                    parts = {k: [] for k in parts}
+                if patient in done:
+                    raise ValueError(f"the slices of volume {patient!r} are not contiguous in the shard set")
+                current = patient
+            for key, values in columns.items():
+                parts[key].append(values[i:i + 1])
+    if current is not None:
+        yield flush()
+
+
+def volume_rows(volume: VolumeSlices, window: tuple[float, float]) -> dict[str, dict[str, Any]]:
+    """``{model: row}`` for the model and the identity baseline: PSNR/SSIM/MAE in HU and normalised."""
+    from ctpipe.data.nifti_pairs import unit_to_hu
+    from ctpipe.infer_pix2pix import evaluate_volume
+
+    target = unit_to_hu(volume.target.astype(np.float64), window)
+    ident = {"sample_id": volume.patient_id, "patient_id": volume.patient_id,
+             "grid": "x".join(str(s) for s in volume.target.shape)}
+    rows = {}
+    for model, unit in ((MODEL_NAME, volume.prediction), (BASELINE_NAME, volume.input)):
+        rows[model] = {**ident, **evaluate_volume(unit_to_hu(unit.astype(np.float64), window), target, window)}
+    return rows
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, prep: PrepInfo, out_dir: Path,
+                   device: torch.device, expected_slices: Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
+    """Write ``out_dir/{pix2pix,identity}.csv`` (one row per volume) and ``examples.npz`` (middle slices, HU)."""
+    from ctpipe.data.nifti_pairs import unit_to_hu
+
+    rows: dict[str, list[dict[str, Any]]] = {MODEL_NAME: [], BASELINE_NAME: []}
+    examples: dict[str, list[np.ndarray]] = {"target": [], MODEL_NAME: [], BASELINE_NAME: []}
+    for volume in predict_volumes(generator, dataset, data, device, expected_slices):
+        for model, row in volume_rows(volume, prep.window).items():
+            rows[model].append(row)
+        if len(examples["target"]) < N_EXAMPLES:
+            middle = volume.target.shape[0] // 2
+            for key, unit in (("target", volume.target), (MODEL_NAME, volume.prediction),
+                              (BASELINE_NAME, volume.input)):
+                examples[key].append(unit_to_hu(unit[middle].astype(np.float32), prep.window))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = {}
+    for model, model_rows in rows.items():
+        frame = pd.DataFrame(model_rows)
+        frame.insert(0, "model", model)
+        _write_csv(frame, out_dir / f"{model}.csv")
+        frames[model] = frame
+    with atomic_path(out_dir / "examples.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
+    return frames
+
+
+def _expected_slices(root: str | Path) -> dict[str, int]:
+    from ctpipe.data.shards import read_manifest
+
+    volumes = read_manifest(root).attrs.get("volumes", {})
+    return {pid: len(v["slice_indices"]) for pid, v in volumes.items()}
+
+
+def final_evaluation(cfg: Pix2PixPhaseConfig, task: Pix2PixPhaseTask, run_dir: Path, device: torch.device,
+                     env: DistEnv) -> None:
+    """Per-volume scores of the best generator and the identity baseline on validation and test (rank 0)."""
+    if not env.is_main:
+        return
+    from ctpipe.checkpoint import BEST, load_checkpoint
+
+    best = run_dir / "checkpoints" / BEST
+    if best.exists():
+        task.G.load_state_dict(load_checkpoint(best)["models"]["G"])
+    generator = task.G.to(device).eval()
+    expected = _expected_slices(cfg.data.root)
+    for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
+        if dataset is None or len(dataset) == 0:
+            continue
+        evaluate_split(generator, dataset, cfg.data, task.prep, run_dir / "eval" / split, device, expected)
+
+
+# ---- inference: a trained run -> generator + prep settings ------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainedGenerator:
+    generator: UNetGenerator  # in eval mode, on the requested device
+    prep: PrepInfo
+    config: Pix2PixPhaseConfig
+    checkpoint: Path
+
+
+def _run_config(state: Mapping[str, Any], checkpoint: Path) -> Pix2PixPhaseConfig:
+    """The config stored in the checkpoint, else ``config.json`` of the run folder (``RUN/checkpoints/x.pt``)."""
+    text = state.get("config") or ""
+    data = json.loads(text) if text else {}
+    if not data:
+        path = checkpoint.resolve().parent.parent / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{checkpoint} carries no config and {path} does not exist; pass a checkpoint "
+                                    "from a ctpipe pix2pix_phase run folder")
+        data = json.loads(path.read_text())
+    if data.get("stage") != STAGE:
+        raise ValueError(f"{checkpoint} was written by stage {data.get('stage')!r}, not {STAGE!r}")
+    return from_dict(Pix2PixPhaseConfig, data, f"{checkpoint} config")
+
+
+def _run_prep(state: Mapping[str, Any], cfg: Pix2PixPhaseConfig, data_root: str | Path | None,
+              checkpoint: Path) -> PrepInfo:
+    if data_root is not None:
+        return read_prep_info(data_root)
+    prep = json.loads(state.get("fingerprint") or "{}").get("prep")
+    if prep:
+        return PrepInfo((float(prep["window_hu"][0]), float(prep["window_hu"][1])), prep["size"])
+    try:
+        return read_prep_info(cfg.data.root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{checkpoint} records no prep settings and its shard set {cfg.data.root} is gone; "
+                                "pass --data-root with the shard set it was trained on") from None
+
+
+def load_trained_generator(checkpoint: str | Path, device: torch.device | str = "cpu",
+                           data_root: str | Path | None = None) -> TrainedGenerator:
+    """Rebuild the generator of a ``pix2pix_phase`` checkpoint (best.pt, latest.pt, epoch_NNN.pt).
+
+    The prep's HU window and slice size come from ``data_root``'s manifest when given, else from the
+    checkpoint (recorded at training time), else from the run's shard set (``data.root``).
+    """
+    from ctpipe.checkpoint import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    cfg = _run_config(state, checkpoint)
+    generator = build_generator(cfg.model)
+    generator.load_state_dict(state["models"]["G"])
+    generator.to(device).eval()
+    return TrainedGenerator(generator, _run_prep(state, cfg, data_root, checkpoint), cfg, checkpoint)
+
+
+PIX2PIX_PHASE = Stage(STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, final_evaluation)
