@@ -1,4 +1,4 @@
-"""The ``ctpipe`` command: prep | train | submit | aggregate | demo."""
+"""The ``ctpipe`` command: prep | train | submit | aggregate | demo | infer."""
 
 from __future__ import annotations
 
@@ -58,6 +58,168 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", choices=("full", "small"), default="small")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_prep_synth_lodopab)
+    _add_prep_phases(kinds)
+    _add_prep_xray2ct(kinds)
+
+
+# ---- prep: paired NIfTI phases (pix2pix) ---------------------------------------------------------------
+def _prep_nifti_pairs(args: argparse.Namespace) -> None:
+    from ctpipe.data.nifti_pairs import prep_nifti_pairs
+
+    index, count = _array_task(args)
+    fractions = tuple(float(f) for f in args.split_fractions.split(","))
+    size = None if args.size.lower() == "native" else int(args.size)
+    result = prep_nifti_pairs(Path(args.src), Path(args.out), size=size, hu_window=tuple(args.hu_window),
+                              task_index=index, n_tasks=count, split_fractions=fractions,
+                              affine_atol=args.affine_atol)
+    print(f"task {index}/{count}: {result.n_volumes} volumes ({result.n_slices} slices), "
+          f"{len(result.written)} written, {len(result.reused)} reused, {len(result.skipped)} skipped")
+    for file, reason in result.skipped:
+        print(f"  skipped {file}: {reason}")
+    if result.manifest is not None:
+        print(f"manifest: {result.manifest}\nreport: {result.report}")
+
+
+def _prep_synth_phases(args: argparse.Namespace) -> None:
+    from ctpipe.data.synthetic_phases import write_synthetic_phases
+
+    pairs = write_synthetic_phases(Path(args.out), args.n, size=args.size, n_slices=args.n_slices,
+                                   n_phases=args.n_phases, seed=args.seed, subset=args.subset)
+    print(f"wrote {len(pairs)} pairs under {args.out}/{args.subset}A and {args.subset}B")
+
+
+def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("nifti-pairs", help="trainA/trainB (+ testA/testB) NIfTI pairs -> axial-slice shard set")
+    p.add_argument("--src", required=True, help="folder with trainA/ trainB/ (and optionally testA/ testB/)")
+    p.add_argument("--out", required=True, help="output shard-set folder")
+    p.add_argument("--size", default="512", help="slice side after resizing, or 'native' (default 512)")
+    p.add_argument("--hu-window", type=float, nargs=2, default=(-1024.0, 3071.0), metavar=("LOW", "HIGH"),
+                   help="HU window mapped onto [-1, 1] (default -1024 3071)")
+    p.add_argument("--split-fractions", default="0.8,0.2",
+                   help="train,validation[,test] fractions of the trainA/B patients (testA/B is always test)")
+    p.add_argument("--affine-atol", type=float, default=1e-3, help="A/B affine tolerance in mm")
+    _add_array_flags(p)
+    p.set_defaults(func=_prep_nifti_pairs)
+    p = kinds.add_parser("synth-phases", help="synthetic beating-heart CT pairs in the trainA/trainB layout")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="number of patients")
+    p.add_argument("--size", type=int, default=64, help="in-plane voxels")
+    p.add_argument("--n-slices", type=int, default=16)
+    p.add_argument("--n-phases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", choices=("train", "test"), default="train")
+    p.set_defaults(func=_prep_synth_phases)
+
+
+# ---- prep: CT NIfTI -> dual-view DRR shard sets (X-ray -> CT) --------------------------------------------
+def _prep_drr(args: argparse.Namespace) -> None:
+    from ctpipe.data.drr_prep import prep_drr
+
+    index, count = _array_task(args)
+    sizes = tuple(int(s) for s in args.volume_sizes.split(","))
+    print(prep_drr(Path(args.src), Path(args.out), xray_size=args.xray_size, volume_sizes=sizes, task_index=index,
+                   n_tasks=count, cone_beam=args.cone_beam, files_per_shard=args.files_per_shard, device=args.device))
+
+
+def _prep_synth_ct(args: argparse.Namespace) -> None:
+    from ctpipe.data.synthetic_ct import write_synthetic_ct
+
+    paths = write_synthetic_ct(Path(args.out), args.n, size=args.size, spacing_mm=args.spacing_mm, seed=args.seed)
+    print(f"wrote {len(paths)} synthetic CT volumes to {args.out}")
+
+
+def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("drr", help="CT NIfTI files (HU) -> shard set of dual-view DRRs + windowed target volumes")
+    p.add_argument("--src", required=True, help="folder with .nii/.nii.gz CTs (patient id = file name)")
+    p.add_argument("--out", required=True, help="output shard-set folder")
+    p.add_argument("--xray-size", type=int, default=128, help="DRR edge in pixels (the stage-1 network's xray_size)")
+    p.add_argument("--volume-sizes", default="64,256", help="comma-separated target edges (volume_64, volume_256)")
+    p.add_argument("--cone-beam", action="store_true", help="cone-beam DRRs (X2CT-GAN's 541/949 mm) instead of parallel")
+    p.add_argument("--files-per-shard", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="torch device for resampling and DRR rendering (cpu, cuda)")
+    _add_array_flags(p)
+    p.set_defaults(func=_prep_drr)
+    p = kinds.add_parser("synth-ct", help="synthetic chest CT phantoms written as NIfTI files (LPS storage, HU)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, required=True, help="number of volumes (one patient each)")
+    p.add_argument("--size", type=int, default=64, help="voxels per side")
+    p.add_argument("--spacing-mm", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_prep_synth_ct)
+
+
+# ---- infer -------------------------------------------------------------------------------------------------
+def _infer_pix2pix(args: argparse.Namespace) -> None:
+    from ctpipe.distributed import DistEnv, pick_device
+    from ctpipe.infer_pix2pix import describe, infer_folder, infer_volume
+    from ctpipe.stages.pix2pix_phase import load_trained_generator
+
+    single, batch = args.input is not None, args.input_dir is not None
+    if single == batch:
+        raise ValueError("give either --input FILE --out FILE, or --input-dir DIR --out-dir DIR")
+    if (single and args.out is None) or (batch and args.out_dir is None):
+        raise ValueError("--input needs --out FILE; --input-dir needs --out-dir DIR")
+    if single and args.target_dir is not None:
+        raise ValueError("--target-dir only goes with --input-dir")
+    device = pick_device(args.device, DistEnv())
+    trained = load_trained_generator(args.checkpoint, device, args.data_root)
+    window, size = trained.prep.window, trained.prep.size
+    print(f"generator from {trained.checkpoint}; prep window {window} HU, slice size {size or 'native'}")
+    if single:
+        print(infer_volume(trained.generator, args.input, args.out, window, size, device, args.batch_size))
+        return
+    result = infer_folder(trained.generator, args.input_dir, args.out_dir, window, size, device, args.batch_size,
+                          args.target_dir)
+    print(f"wrote {len(result.outputs)} volumes to {args.out_dir}")
+    if result.metrics_csv is not None:
+        print(f"metrics: {result.metrics_csv}")
+        print(json.dumps(describe(result), indent=1))
+
+
+def _add_infer_pix2pix(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("pix2pix", help="time-averaged CT volume(s) -> phase-0 prediction(s) with a pix2pix_phase run")
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt (or latest.pt, epoch_NNN.pt)")
+    p.add_argument("--input", default=None, help="one NIfTI volume")
+    p.add_argument("--out", default=None, help="output NIfTI (input's affine/header, float32 HU)")
+    p.add_argument("--input-dir", default=None, help="a folder of NIfTI volumes (batch mode)")
+    p.add_argument("--out-dir", default=None, help="output folder (same file names)")
+    p.add_argument("--target-dir", default=None, help="same-named targets: writes OUT_DIR/metrics.csv (+ identity)")
+    p.add_argument("--data-root", default=None, help="shard set whose prep window/size to use (default: the "
+                   "settings recorded in the checkpoint)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    p.set_defaults(func=_infer_pix2pix)
+
+
+def _infer_xray2ct(args: argparse.Namespace) -> None:
+    from ctpipe.distributed import DistEnv, pick_device
+    from ctpipe.infer_xray2ct import infer_xray2ct
+
+    device = pick_device(args.device, DistEnv())
+    result = infer_xray2ct(args.checkpoint, args.xrays, args.out, refine=args.refine, sample_id=args.sample_id,
+                           fov_mm=args.fov_mm, device=device)
+    print(json.dumps({**result.__dict__, "path": str(result.path)}))
+
+
+def _add_infer_xray2ct(kinds: argparse._SubParsersAction) -> None:
+    p = kinds.add_parser("xray2ct", help="dual-view X-rays -> CT NIfTI (HU) with a stage1_64 (+ refine_256) or "
+                         "direct_256 run")
+    p.add_argument("--checkpoint", required=True, help="stage1_64 or direct_256 RUN/checkpoints/best.pt")
+    p.add_argument("--xrays", required=True, help=".npy array (2, n, n) = (frontal, lateral) in [0, 1] (needs "
+                   "--fov-mm), or a `ctpipe prep drr` shard-set folder (needs --sample-id)")
+    p.add_argument("--out", required=True, help="output .nii or .nii.gz (RAS, isotropic fov/size spacing, HU)")
+    p.add_argument("--refine", default=None, help="refine_256 RUN/checkpoints/best.pt (with a stage1_64 checkpoint)")
+    p.add_argument("--sample-id", default=None, help="sample of the shard set given as --xrays")
+    p.add_argument("--fov-mm", type=float, default=None, help="edge of the imaged cube in mm (required for .npy)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=_infer_xray2ct)
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="apply a trained model to new data")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    _add_infer_pix2pix(kinds)
+    _add_infer_xray2ct(kinds)
 
 
 # ---- train / submit ------------------------------------------------------------------------------------
@@ -91,8 +253,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force-resume", action="store_true", help="resume even if model/optimizer settings changed")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_train)
-    p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default)")
-    p.add_argument("stage")
+    p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default); "
+                       "`ctpipe submit pipeline FAMILY` submits a whole prep -> train -> aggregate chain",
+                       epilog="ctpipe submit pipeline lodopab [--executor slurm] [--src RAW] ...: the whole chain "
+                       "as dependent jobs (see ctpipe submit pipeline --help)")
+    p.add_argument("stage", help="a stage name, or `pipeline` (see below)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--run-dir", default=None)
     p.add_argument("--config", default=None)
@@ -105,6 +270,54 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-task", type=int, default=2)
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
     p.set_defaults(func=_submit)
+
+
+# ---- submit pipeline -------------------------------------------------------------------------------------
+def _submit_pipeline(args: argparse.Namespace) -> None:
+    from ctpipe.launch import Resources
+    from ctpipe.pipeline import SynthSpec, plan_pipeline, submit_pipeline
+
+    synth = SynthSpec(n=args.n_synth, n_pixels=args.synth_pixels, n_angles=args.synth_angles,
+                      samples_per_file=args.synth_per_file, seed=args.seed)
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    plan = plan_pipeline(args.family, args.name, args.src, synth, stages, args.overrides, args.array or (),
+                         args.prep_tasks, args.shards)
+    res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+                    gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
+    submitted = submit_pipeline(plan, args.executor, res, say=lambda line: print(line, flush=True))
+    done = "written" if args.executor != "slurm" else "written when the aggregate job has run"
+    print(f"results: {submitted.summary} ({done}); job ids in {plan.results / 'pipeline.json'}")
+
+
+def _pipeline_parser() -> argparse.ArgumentParser:
+    from ctpipe.pipeline import FAMILIES
+
+    p = argparse.ArgumentParser(
+        prog="ctpipe submit pipeline",
+        description="Submit a family's chain: (synthesize raw data) -> prep array -> training (an array per "
+                    "--array sweep) -> aggregate, as SLURM jobs with afterok dependencies (--executor slurm), or run "
+                    "the same steps in order (local, debug). Outputs: data/<name>/, runs/<name>/, results/<name>/.")
+    p.add_argument("family", choices=tuple(FAMILIES), help="data family")
+    p.add_argument("overrides", nargs="*", help="training config overrides key.sub=value (every stage)")
+    p.add_argument("--executor", choices=("local", "slurm", "debug"), default="local")
+    p.add_argument("--name", default=None, help="names data/<name>, runs/<name>, results/<name> (default: family)")
+    p.add_argument("--src", default=None, help="raw data folder; without it a small synthetic set is written first")
+    p.add_argument("--shards", default=None, help="shard-set folder (default data/<name>/shards)")
+    p.add_argument("--n-synth", type=int, default=64, help="synthetic slices when --src is absent")
+    p.add_argument("--synth-pixels", type=int, default=64, help="synthetic image size (lodopab().scaled)")
+    p.add_argument("--synth-angles", type=int, default=60, help="synthetic projection angles")
+    p.add_argument("--synth-per-file", type=int, default=16, help="synthetic slices per raw file (= per shard)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--stages", default=None, help="comma-separated stages to train (default: fbp_window)")
+    p.add_argument("--array", action="append", help="sweep key=v1,v2 (repeatable: cartesian product)")
+    p.add_argument("--prep-tasks", type=int, default=8, help="prep array size cap (default 8)")
+    p.add_argument("--timeout-min", type=int, default=60, help="training jobs' time limit")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--tasks-per-node", type=int, default=1, help="training ranks per node (= GPUs per node)")
+    p.add_argument("--gpus-per-node", type=int, default=0)
+    p.add_argument("--cpus-per-task", type=int, default=2)
+    p.set_defaults(func=_submit_pipeline, command="submit")
+    return p
 
 
 # ---- aggregate / demo ------------------------------------------------------------------------------------
@@ -136,13 +349,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctpipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_prep, _add_train, _add_report):
+    for add in (_add_prep, _add_train, _add_report, _add_infer):
         add(sub)
     return parser
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; ``key=value`` overrides may come before or after the options of train/submit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["submit", "pipeline"]:  # `submit` takes a stage positional: the chain has its own parser
+        return _pipeline_parser().parse_intermixed_args(argv[2:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -16,7 +16,7 @@ from ctpipe.atomic import atomic_path
 BASELINES: dict[str, str] = {
     "fbp_hann": "FBP, Hann window, frequency scaling 0.641 (published LoDoPaB baseline)",
     "identity": "input volume used as the prediction",
-    "trilinear_64": "64^3 prediction trilinearly upsampled",
+    "stage1_64_trilinear": "stage-1 64^3 prediction trilinearly upsampled to the high-resolution grid (option 1)",
 }
 
 

@@ -7,12 +7,22 @@ its final evaluation. The mapping is an explicit dict (no registry magic).
 from __future__ import annotations
 
 from ctpipe.stages.base import Stage
+from ctpipe.stages.direct_256 import DIRECT_256
+from ctpipe.stages.fbp_unet import FBP_UNET
 from ctpipe.stages.fbp_window import FBP_WINDOW
+from ctpipe.stages.pix2pix_phase import PIX2PIX_PHASE
+from ctpipe.stages.refine_256 import REFINE_256
+from ctpipe.stages.stage1_64 import STAGE1_64
 
 STAGE_NAMES = ("fbp_window", "fbp_unet", "stage1_64", "refine_256", "direct_256", "pix2pix_phase")
 
 STAGES: dict[str, Stage] = {
     "fbp_window": FBP_WINDOW,
+    "pix2pix_phase": PIX2PIX_PHASE,
+    "fbp_unet": FBP_UNET,
+    "stage1_64": STAGE1_64,
+    "refine_256": REFINE_256,
+    "direct_256": DIRECT_256,
 }
 
 
