@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ctpipe.checkpoint import CheckpointError
 from ctpipe.config import ConfigError
 
 
@@ -374,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, CheckpointError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"ctpipe {args.command}: error: {message}", file=sys.stderr)
         sys.exit(2)

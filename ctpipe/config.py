@@ -148,7 +148,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name in data:
-            kwargs[field.name] = _coerce(data[field.name], hints[field.name], f"{where}.{field.name}")
+            value = data[field.name]
+            default = field.default
+            if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+                # a partial section keeps this stage's own defaults for the keys it leaves out
+                value = {**to_dict(default), **value}
+            kwargs[field.name] = _coerce(value, hints[field.name], f"{where}.{field.name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {field.name!r}")
     return cls(**kwargs)

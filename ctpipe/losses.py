@@ -109,8 +109,12 @@ def sobel_magnitude(x: Tensor) -> Tensor:
 
 
 def edge_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """L1 distance between the Sobel gradient magnitudes of ``pred`` and ``target``."""
-    return F.l1_loss(sobel_magnitude(pred), sobel_magnitude(target))
+    """L1 distance between the Sobel gradient magnitudes of ``pred`` and ``target``.
+
+    Computed in float32 with autocast off: under bf16/fp16 autocast the two inputs may arrive in different
+    dtypes (a network output and a float32 target), which the convolution refuses."""
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        return F.l1_loss(sobel_magnitude(pred.float()), sobel_magnitude(target.float()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,3 +68,9 @@ def test_unknown_stage_lists_stages():
 def test_to_dict_is_json_ready():
     json.dumps(to_dict(FBPWindowConfig()))
     assert to_dict(DataConfig())["batch_size"] == 8
+
+
+def test_partial_section_keeps_the_stage_defaults():
+    # FBPWindowConfig's optimizer default is lr=1e-2, not OptimConfig's generic 1e-3
+    cfg = build_config(FBPWindowConfig, {"optim": {"name": "adamw"}})
+    assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-2

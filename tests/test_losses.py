@@ -169,3 +169,16 @@ def test_loss_weights_are_frozen() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="shape"):
         CompositeLoss(LossWeights())(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 9))
+
+
+def test_edge_loss_under_bf16_autocast_with_mixed_dtypes():
+    import torch
+
+    from ctpipe.losses import edge_loss
+
+    pred = torch.rand(2, 1, 16, 16, requires_grad=True)
+    target = torch.rand(2, 1, 16, 16)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = edge_loss(pred.to(torch.bfloat16), target)
+    loss.backward()
+    assert torch.isfinite(loss) and pred.grad is not None
