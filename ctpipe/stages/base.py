@@ -63,6 +63,15 @@ def evaluate_predictors(
             for i in range(target.shape[0]):
                 rows[name].append({"sample_id": batch["sample_id"][i], "patient_id": batch["patient_id"][i],
                                    **{k: float(v[i]) for k, v in values.items()}, **(extra_columns or {})})
+    frames = write_eval_tables(rows, out_dir)
+    with atomic_path(out_dir / "examples.npz") as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
+    return frames
+
+
+def write_eval_tables(rows: Mapping[str, list[dict[str, Any]]], out_dir: Path) -> dict[str, pd.DataFrame]:
+    """Write ``<out_dir>/<model>.csv`` (per-sample rows, ``model`` first) atomically; returns the frames."""
     frames = {}
     for name, model_rows in rows.items():
         frame = pd.DataFrame(model_rows)
@@ -70,9 +79,6 @@ def evaluate_predictors(
         with atomic_path(out_dir / f"{name}.csv") as tmp:
             frame.to_csv(tmp, index=False)
         frames[name] = frame
-    with atomic_path(out_dir / "examples.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
     return frames
 
 

@@ -34,6 +34,7 @@ from ctpipe.config import ConfigError
 from ctpipe.losses3d import ssim3d
 from ctpipe.metrics import mae, metric_column, psnr, ssim, ssim_window_size
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
+from ctpipe.stages.base import write_eval_tables
 
 log = logging.getLogger(__name__)
 
@@ -423,13 +424,8 @@ def evaluate_volume_models(
             for i in range(target.shape[0]):
                 rows[name].append({"sample_id": batch["sample_id"][i], "patient_id": batch["patient_id"][i],
                                    **{k: float(v[i]) for k, v in values.items()}, "eval_size": sizes[name], **extra})
-    frames = {}
-    for name, model_rows in rows.items():
-        frame = pd.DataFrame(model_rows)
-        frame.insert(0, "model", name)
-        with atomic_path(out_dir / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
-        frames[name] = frame
+    frames = write_eval_tables(rows, out_dir)
+    for name in rows:
         if name in first:
             pred, target, sample = first[name]
             write_orthogonal_slices_png(pred, target, out_dir / f"{name}_slices.png", f"{name} / {sample}", hu_window)
