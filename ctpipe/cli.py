@@ -85,7 +85,8 @@ def _prep_synth_phases(args: argparse.Namespace) -> None:
     from ctpipe.data.synthetic_phases import write_synthetic_phases
 
     pairs = write_synthetic_phases(Path(args.out), args.n, size=args.size, n_slices=args.n_slices,
-                                   n_phases=args.n_phases, seed=args.seed, subset=args.subset)
+                                   n_phases=args.n_phases, seed=args.seed, subset=args.subset,
+                                   oversample=args.oversample)
     print(f"wrote {len(pairs)} pairs under {args.out}/{args.subset}A and {args.subset}B")
 
 
@@ -109,6 +110,8 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--n-phases", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--subset", choices=("train", "test"), default="train")
+    p.add_argument("--oversample", type=int, default=2,
+                   help="sub-voxel samples per axis (partial-volume edges; 1 = point sampling)")
     p.set_defaults(func=_prep_synth_phases)
 
 
