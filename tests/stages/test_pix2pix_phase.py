@@ -1,5 +1,5 @@
-"""Stage pix2pix_phase end to end on synthetic beating-heart CT: exact resume, beats identity where the
-heart moves, per-volume evaluation rows, config rules."""
+"""Stage pix2pix_phase end to end on synthetic beating-heart CT: exact resume, beats the identity baseline on
+whole volumes, per-volume evaluation rows, config rules."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ctpipe.train import StopFlag
 
 TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "model.n_layers_d=2",
         "data.num_workers=0", "data.eval_batch_size=16", "train.log_every=100000", "train.checkpoint_every=0"]
-PSNR_HU, MAE_HU = "psnr_hu[range=4095]", "mae_hu"
+PSNR_HU, SSIM_HU, MAE_HU = "psnr_hu[range=4095]", "ssim2d_hu[range=4095]", "mae_hu"
 
 
 @pytest.fixture(autouse=True)
@@ -88,40 +88,67 @@ def test_interrupted_run_resumes_exactly(phases: Path, tmp_path: Path) -> None:
     assert history["lr_D"].tolist() == history["lr_G"].tolist()
 
 
-def _motion_mask(input_hu: np.ndarray) -> np.ndarray:
-    """Voxels whose time-averaged HU matches no static tissue of the phantom (6 sigma of the averaged noise):
-    the blurred beating heart. Defined from the INPUT only, so it favours neither prediction."""
-    classes = np.array([sp.AIR_HU, sp.FAT_HU, sp.TISSUE_HU, sp.LUNG_HU, sp.BONE_HU, sp.MYOCARDIUM_HU, sp.BLOOD_HU])
-    return np.min(np.abs(input_hu[..., None] - classes), axis=-1) > 20.0
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 synthetic patients, 64^2 x 16 slices: enough anatomy for a tiny generator to generalise (with 4-10
+    training patients it memorises them and loses to the identity baseline on new ones)."""
+    root = tmp_path_factory.mktemp("cohort")
+    sp.write_synthetic_phases(root / "src", 64, size=64, n_slices=16)
+    prep_nifti_pairs(root / "src", root / "shards", size=64, split_fractions=(0.8, 0.1, 0.1))
+    return root
+
+
+def _moving_region(patient_id: str, n_slices: int = 16, size: int = 64, n_phases: int = 10) -> np.ndarray:
+    """Canonical ``(D, H, W)`` mask of the voxels whose noise-free HU changes over the cycle: the heart.
+    Recomputed from the phantom itself (same seed and patient draw), so it favours neither prediction."""
+    index = int(patient_id.rsplit("_", 1)[1])
+    patient = sp._draw_patient(np.random.default_rng([0, index]))
+    shape, affine = sp.phase_grid(size, n_slices)
+    clean = [sp.clean_phase(patient, affine, shape, p / n_phases) for p in range(n_phases)]
+    moving = np.any(np.stack(clean) != clean[0], axis=0)
+    return canonical_slices(moving.astype(np.float32), affine) > 0.5
 
 
 @pytest.mark.slow
-def test_generator_beats_identity_where_the_heart_moves(phases: Path, tmp_path: Path) -> None:
+def test_generator_beats_identity_on_whole_volumes(cohort: Path, tmp_path: Path) -> None:
+    """The seeds' objective (vanilla GAN + 50 * L1, instance norm), a 24-channel 6-level U-Net, ~2,400
+    steps on CPU: on every validation and test volume the generator's whole-volume PSNR (HU) beats the
+    identity baseline (the time-averaged input), its mean SSIM does too, and in the heart (where the phases
+    differ) its MAE is far lower. Whole-volume MAE is printed, not asserted: it is dominated by the
+    target's own noise (sigma 10 HU, which the identity baseline partly shares), see the issue note."""
     run = tmp_path / "run"
-    over = TINY + [f"data.root={phases / 'shards'}", "train.epochs=20", "scheduler.n_epochs_constant=10",
-                   "model.norm=batch", "model.dropout=false", "optim.lr=2e-3", "loss.lambda_l1=1000"]
+    over = TINY + [f"data.root={cohort / 'shards'}", "model.ngf=24", "model.norm=instance", "model.dropout=false",
+                   "optim.lr=2e-3", "train.epochs=12", "scheduler.n_epochs_constant=6"]
     assert run_stage("pix2pix_phase", run, over).status == "completed"
     trained = load_trained_generator(run / "checkpoints" / "best.pt")
+    assert (trained.config.loss.lambda_l1, trained.config.loss.gan_mode) == (50.0, "vanilla")  # the seeds'
     _, val_set, test_set = load_phase_splits(trained.config.data)
     window = trained.prep.window
-    seen = []
+    table = []
     for split, dataset in (("validation", val_set), ("test", test_set)):
         rows = {m: pd.read_csv(run / "eval" / split / f"{m}.csv").set_index("patient_id")
                 for m in ("pix2pix", "identity")}
+        model, ident = rows["pix2pix"], rows["identity"]
+        assert len(model) >= 3 and list(model.index) == list(ident.index)
+        gain = model[PSNR_HU] - ident[PSNR_HU]
+        assert (gain > 0).all(), gain
+        assert gain.mean() > 1.0, gain
+        assert model[SSIM_HU].mean() > ident[SSIM_HU].mean()
         for volume in predict_volumes(trained.generator, dataset, trained.config.data, torch.device("cpu")):
             x, y, p = (unit_to_hu(v.astype(np.float64), window)
                        for v in (volume.input, volume.target, volume.prediction))
-            mask = _motion_mask(x)
-            model_mae, identity_mae = np.abs(p - y)[mask].mean(), np.abs(x - y)[mask].mean()
-            seen.append((split, volume.patient_id, mask.mean(), model_mae, identity_mae))
-            assert 0.002 < mask.mean() < 0.05
-            assert model_mae < 0.9 * identity_mae, seen[-1]
-            # the per-volume rows are evaluate_volume on exactly these volumes (the model row from best.pt)
+            heart = _moving_region(volume.patient_id)
+            assert heart.shape == x.shape and 0.02 < heart.mean() < 0.2
+            model_mae, identity_mae = np.abs(p - y)[heart].mean(), np.abs(x - y)[heart].mean()
             pid = volume.patient_id
-            assert rows["identity"].loc[pid, PSNR_HU] == pytest.approx(evaluate_volume(x, y, window)[PSNR_HU])
-            assert rows["pix2pix"].loc[pid, MAE_HU] == pytest.approx(evaluate_volume(p, y, window)[MAE_HU])
-    assert {s for s, *_ in seen} == {"validation", "test"}
-    print("motion-region MAE (split, patient, fraction, model, identity):", seen)
+            table.append((split, pid, round(gain[pid], 2), round(model_mae, 1), round(identity_mae, 1),
+                          round(model.loc[pid, MAE_HU], 1), round(ident.loc[pid, MAE_HU], 1)))
+            assert model_mae < 0.8 * identity_mae, table[-1]
+            # the per-volume rows are evaluate_volume on exactly these volumes (the model row from best.pt)
+            assert ident.loc[pid, PSNR_HU] == pytest.approx(evaluate_volume(x, y, window)[PSNR_HU])
+            assert model.loc[pid, MAE_HU] == pytest.approx(evaluate_volume(p, y, window)[MAE_HU])
+    assert {row[0] for row in table} == {"validation", "test"}
+    print("(split, patient, PSNR gain dB, heart MAE model/identity, volume MAE model/identity):", table)
 
 
 def test_eval_rows_are_per_volume_in_hu_and_normalised(phases: Path, tmp_path: Path) -> None:
