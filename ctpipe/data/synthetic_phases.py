@@ -8,7 +8,7 @@ Each phase is a function of world (RAS, mm) coordinates: air, an elliptical body
 fat rim, two lungs, a spine, and a beating heart of adult size (radii about 50 x 39 x 48 mm): an
 ellipsoid of myocardium around a contrast-filled blood pool. Over the cycle ``t = p / n_phases`` the
 outer wall scales by ``1 + wall_beat cos 2 pi t`` (a few percent), the blood pool's share of the radius
-by ``pool_ratio + pool_beat cos 2 pi t`` (ejection fractions of about 45-70 %, as in healthy hearts),
+by ``pool_ratio + pool_beat cos 2 pi t`` (ejection fractions 59-75 %, mean 68 %: a healthy, brisk heart),
 and the heart shifts by ``(shift_x, shift_y) sin 2 pi t`` (4-10 mm). Phase 0 is end-diastole (largest
 heart); the average is a blurred heart, which is what the network learns to undo.
 
