@@ -78,14 +78,40 @@ def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), co
         flag = trainer.stop_flag
         with flag.installed():
             result: FitResult = trainer.fit()
-        if evaluate and result.status in ("completed", "early_stopped"):
-            spec.final_evaluation(cfg, task, run_dir, device, env)
-            trainer.event("evaluated")
-        dist_utils.barrier()
-        log.info("stage %s in %s: %s at epoch %d", stage, run_dir, result.status, result.epoch)
-        return RunResult(stage, str(run_dir), result.status, result.epoch, result.best_metric)
+        status = result.status
+        if evaluate and status in ("completed", "early_stopped"):
+            if _final_evaluation(spec, cfg, task, run_dir, device, env, flag):
+                trainer.event("evaluated")
+            else:
+                status = "preempted"
+        with flag.installed():  # a late signal must not kill a finished rank while it waits for the others
+            dist_utils.barrier()
+        log.info("stage %s in %s: %s at epoch %d", stage, run_dir, status, result.epoch)
+        return RunResult(stage, str(run_dir), status, result.epoch, result.best_metric)
     finally:
         dist_utils.shutdown()
+
+
+class EvaluationInterrupted(Exception):
+    """SIGUSR2/SIGTERM arrived during the final evaluation."""
+
+
+def _final_evaluation(spec: Any, cfg: Any, task: Any, run_dir: Path, device: torch.device, env: Any,
+                      flag: StopFlag) -> bool:
+    """The stage's final evaluation; False when a stop signal interrupted it.
+
+    Training is finished and checkpointed before this starts, so an interruption loses only the evaluation
+    (its files are written atomically): the run reports ``preempted`` (the CLI exits with the preemption
+    code, so sbatch/submitit requeue it) and the restarted job finds the finished run and evaluates again.
+    Without this, SIGUSR2's default action would kill the process and the job would not be requeued.
+    """
+    try:
+        with flag.installed(interrupt=EvaluationInterrupted):
+            spec.final_evaluation(cfg, task, run_dir, device, env)
+    except EvaluationInterrupted as stop:
+        log.warning("final evaluation in %s %s; training is complete, a restart evaluates again", run_dir, stop)
+        return False
+    return True
 
 
 def summarize(result: RunResult) -> str:

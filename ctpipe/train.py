@@ -65,8 +65,13 @@ class StopFlag:
         return self._event.is_set()
 
     @contextlib.contextmanager
-    def installed(self, signals: Sequence[int] = (signal.SIGUSR2, signal.SIGTERM)) -> Iterator["StopFlag"]:
-        """Route ``signals`` to this flag for the duration of the block (main thread only)."""
+    def installed(self, signals: Sequence[int] = (signal.SIGUSR2, signal.SIGTERM),
+                  interrupt: type[BaseException] | None = None) -> Iterator["StopFlag"]:
+        """Route ``signals`` to this flag for the duration of the block (main thread only).
+
+        With ``interrupt``, a signal also raises that exception in the main thread: for work that never
+        checks the flag (the final evaluation), where stopping at once beats being killed part-way.
+        """
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -75,6 +80,8 @@ class StopFlag:
 
         def handler(signum: int, _frame: Any) -> None:
             self.set(signal.Signals(signum).name)
+            if interrupt is not None:
+                raise interrupt(f"stopped by {signal.Signals(signum).name}")
 
         for sig in signals:
             signal.signal(sig, handler)
