@@ -12,7 +12,9 @@ import pandas as pd
 
 from ctpipe.atomic import atomic_path
 
-# Models that are reference methods rather than the run's trained model (experiment column = "baseline").
+# Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
+# non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
+# "baseline" rows of that run too: see :func:`row_experiment`.
 BASELINES: dict[str, str] = {
     "fbp_hann": "FBP, Hann window, frequency scaling 0.641 (published LoDoPaB baseline)",
     "identity": "input volume used as the prediction",
@@ -52,6 +54,18 @@ def _run_facts(run: RunFiles) -> dict[str, Any]:
     return {"epochs": epochs, "wall_time_s": round(wall, 2)}
 
 
+def row_experiment(run: RunFiles, model: str) -> str:
+    """The run's experiment for the model its stage trains, "baseline" for everything scored beside it.
+
+    Run folders of a stage this version does not know fall back to the :data:`BASELINES` names.
+    """
+    from ctpipe.stages import STAGES
+
+    stage = STAGES.get(run.stage)
+    reference = model != stage.trained_model if stage is not None else model in BASELINES
+    return "baseline" if reference else str(run.config.get("experiment", run.stage))
+
+
 def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
     frames = []
     for run in runs:
@@ -59,7 +73,7 @@ def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
             frame = pd.read_csv(csv_path)
             split = csv_path.parent.name
             model = str(frame["model"].iloc[0]) if len(frame) else csv_path.stem
-            experiment = "baseline" if model in BASELINES else str(run.config.get("experiment", run.stage))
+            experiment = row_experiment(run, model)
             frame.insert(0, "split", split)
             frame.insert(0, "experiment", experiment)
             frame.insert(0, "stage", run.stage)

@@ -23,6 +23,8 @@ class Stage:
     build_task: Callable[[Any, DistEnv, torch.device], Any]
     # (config, task, run_dir, device, env) -> None; writes eval/<split>/<model>.csv (+ examples) on rank 0
     final_evaluation: Callable[[Any, Any, Path, torch.device, DistEnv], None]
+    # the eval model this stage trains; every other model in its eval/ is a reference scored alongside it
+    trained_model: str
 
 
 Predictor = Callable[[Mapping[str, Any]], torch.Tensor]

@@ -139,4 +139,4 @@ def final_evaluation(cfg: Direct256StageConfig, task: Direct256Task, run_dir: Pa
                                batch_size=cfg.data.eval_batch_size)
 
 
-DIRECT_256 = Stage("direct_256", Direct256StageConfig, Direct256Task, final_evaluation)
+DIRECT_256 = Stage("direct_256", Direct256StageConfig, Direct256Task, final_evaluation, DIRECT_MODEL)

@@ -30,6 +30,7 @@ from ctpipe.losses import CompositeLoss, LossWeights
 from ctpipe.models.learnable_fbp import LearnableFBP
 from ctpipe.models.unet2d import UNet2D, UNet2DConfig
 from ctpipe.stages.base import Stage, evaluate_predictors
+from ctpipe.stages.fbp_window import LEARNED_MODEL
 from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 HANN_SCALING = 0.641
+UNET_MODEL = "fbp_unet"  # experiment 4's trained model in the eval tables
 UNET_PRESETS: dict[str, UNet2DConfig] = {
     "default": UNet2DConfig(),       # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
     "tiny": UNet2DConfig.tiny(),     # 3 scales (8, 8, 16), 2 skip channels: tests and smoke runs
@@ -221,10 +223,10 @@ def _predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> 
     if cfg.model.window_checkpoint:
         baseline = LearnableFBP.hann_baseline(task.geometry, HANN_SCALING, cfg.model.padding).to(device).eval()
         predictors["fbp_hann"] = lambda b: baseline(b["sinogram"])
-        predictors["learned_window"] = fbp_image
+        predictors[LEARNED_MODEL] = fbp_image
     else:
         predictors["fbp_hann"] = fbp_image  # the frozen FBP is exactly the Hann-0.641 baseline
-    predictors["fbp_unet"] = lambda b: task.unet(fbp_image(b)).float()
+    predictors[UNET_MODEL] = lambda b: task.unet(fbp_image(b)).float()
     return predictors
 
 
@@ -250,4 +252,4 @@ def final_evaluation(cfg: FBPUNetConfig, task: FBPUNetTask, run_dir: Path, devic
                             batch_size=cfg.data.eval_batch_size)
 
 
-FBP_UNET = Stage("fbp_unet", FBPUNetConfig, FBPUNetTask, final_evaluation)
+FBP_UNET = Stage("fbp_unet", FBPUNetConfig, FBPUNetTask, final_evaluation, UNET_MODEL)

@@ -14,6 +14,8 @@ from ctpipe.distributed import DistEnv
 from ctpipe.stages.base import Stage, evaluate_predictors
 from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
 
+LEARNED_MODEL = "learned_window"  # experiment 1's trained model in the eval tables
+
 
 @dataclasses.dataclass(frozen=True)
 class WindowModelConfig:
@@ -92,7 +94,7 @@ def final_evaluation(cfg: FBPWindowConfig, task: FBPWindowTask, run_dir: Path, d
         task.model.load_state_dict(load_checkpoint(best)["models"]["model"])
     baseline = hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
     learned = task.model.to(device).eval()
-    predictors = {"fbp_hann": lambda b: baseline(b["sinogram"]), "learned_window": lambda b: learned(b["sinogram"])}
+    predictors = {"fbp_hann": lambda b: baseline(b["sinogram"]), LEARNED_MODEL: lambda b: learned(b["sinogram"])}
     for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
         if dataset is None or len(dataset) == 0:
             continue
@@ -100,4 +102,4 @@ def final_evaluation(cfg: FBPWindowConfig, task: FBPWindowTask, run_dir: Path, d
                             batch_size=cfg.data.eval_batch_size)
 
 
-FBP_WINDOW = Stage("fbp_window", FBPWindowConfig, FBPWindowTask, final_evaluation)
+FBP_WINDOW = Stage("fbp_window", FBPWindowConfig, FBPWindowTask, final_evaluation, LEARNED_MODEL)

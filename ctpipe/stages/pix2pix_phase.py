@@ -432,4 +432,4 @@ def load_trained_generator(checkpoint: str | Path, device: torch.device | str = 
     return TrainedGenerator(generator, _run_prep(state, cfg, data_root, checkpoint), cfg, checkpoint)
 
 
-PIX2PIX_PHASE = Stage(STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, final_evaluation)
+PIX2PIX_PHASE = Stage(STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, final_evaluation, MODEL_NAME)

@@ -168,4 +168,4 @@ def final_evaluation(cfg: Refine256StageConfig, task: Refine256Task, run_dir: Pa
                                batch_size=cfg.data.eval_batch_size)
 
 
-REFINE_256 = Stage("refine_256", Refine256StageConfig, Refine256Task, final_evaluation)
+REFINE_256 = Stage("refine_256", Refine256StageConfig, Refine256Task, final_evaluation, REFINE_MODEL)

@@ -135,4 +135,4 @@ def final_evaluation(cfg: Stage1Config, task: Stage1Task, run_dir: Path, device:
                                batch_size=cfg.data.eval_batch_size)
 
 
-STAGE1_64 = Stage("stage1_64", Stage1Config, Stage1Task, final_evaluation)
+STAGE1_64 = Stage("stage1_64", Stage1Config, Stage1Task, final_evaluation, STAGE1_MODEL)

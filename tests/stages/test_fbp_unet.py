@@ -113,6 +113,15 @@ def test_window_from_experiment1_checkpoint_is_that_window(shards: Path, exp1_ru
         assert list(ours.sample_id) == list(theirs.sample_id)
         assert ours[PSNR].to_numpy() == pytest.approx(theirs[PSNR].to_numpy(), abs=1e-4), model
     assert (run_dir / "eval" / "test" / "fbp_unet.csv").exists()
+    # In the tables the re-scored window is a reference row of experiment 4 (not trained there: 0 epochs),
+    # and experiment 1's trained model in experiment 1's run.
+    shutil.copytree(run_dir, tmp_path / "runs" / "fbp_unet" / "exp4")
+    shutil.copytree(exp1_run, tmp_path / "runs" / "fbp_window" / "exp1")
+    summary = pd.read_csv(aggregate(tmp_path / "runs", tmp_path / "results")["summary"])
+    window = summary[(summary.model == "learned_window") & (summary.split == "test")].set_index("stage")
+    assert (window.loc["fbp_unet", "experiment"], window.loc["fbp_unet", "epochs"]) == ("baseline", 0)
+    assert window.loc["fbp_window", "experiment"] == "exp1_learned_window" and window.loc["fbp_window", "epochs"] > 0
+    assert summary[(summary.model == "fbp_unet")].experiment.unique().tolist() == ["exp4_fbp_unet"]
 
     with pytest.raises(ValueError, match="model.padding=true"):
         load_window_checkpoint(best, padding=False)
