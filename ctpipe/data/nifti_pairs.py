@@ -13,8 +13,11 @@ patient-level splits. Each task first writes per-volume shards into ``out/volume
 reuse them); finalising hard-links the usable ones, in candidate order, to the contiguous
 ``out/shard-00000.h5, ...`` (no copy; a copy where links are impossible) and writes, in ``out/``:
 
-* ``prep_report.csv`` (file, status, reason): every candidate, ``ok`` or ``skipped`` with the reason
-  (unreadable / truncated / non-finite / unmatched / shape or affine mismatch / 4D / duplicate id).
+* ``prep_report.csv`` (file, status, reason): one row per skipped file, status ``skipped``, with the
+  reason (unreadable / truncated / not NIfTI / non-finite / unmatched / shape or affine mismatch / 4D /
+  duplicate id); just the header when nothing was skipped.
+* ``prep_volumes.csv`` (patient_id, split, input, target, n_slices, shard, axcodes, shape): one row per
+  pair that was used.
 * manifest attrs: the intensity mapping, orientation convention, resize, and per-volume provenance
   (source paths, original affine and shape, canonical affine and shape, slice indices, shard).
 
@@ -63,6 +66,8 @@ REPORT_NAME = "prep_report.csv"
 TASKS_DIR = "prep_tasks"
 VOLUMES_DIR = "volumes"
 REPORT_COLUMNS = ("file", "status", "reason")
+VOLUMES_NAME = "prep_volumes.csv"
+VOLUMES_COLUMNS = ("patient_id", "split", "input", "target", "n_slices", "shard", "axcodes", "shape")
 ORIENTATION = "RAS"
 SLICE_CONVENTION = ("nibabel closest-canonical RAS+ array; slice k = canonical[:, :, k]; axis 0 towards R, "
                     "axis 1 towards A, k from inferior to superior")
@@ -461,13 +466,26 @@ def _read_task_records(out: Path, n_tasks: int) -> list[dict[str, Any]]:
     return records
 
 
-def _write_report(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(REPORT_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in sorted(rows, key=lambda r: int(r["index"])):
-        writer.writerow(row)
+    writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
+
+
+def _write_report(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """``prep_report.csv``: one row per SKIPPED file (file, status, reason), in candidate order."""
+    skipped = sorted((r for r in rows if r["status"] == "skipped"), key=lambda r: int(r["index"]))
+    return _write_csv(path, skipped, REPORT_COLUMNS)
+
+
+def _write_volume_table(path: Path, volumes: Sequence[Mapping[str, Any]], splits: Mapping[str, Sequence[str]]) -> Path:
+    """``prep_volumes.csv``: one row per USED pair: its split, source files, slice count and shard."""
+    split_of = {pid: split for split, ids in splits.items() for pid in ids}
+    rows = [{**v, "split": split_of[v["patient_id"]], "n_slices": len(v["slice_indices"]),
+             "shape": "x".join(str(n) for n in v["shape"])} for v in volumes]
+    return _write_csv(path, rows, VOLUMES_COLUMNS)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -523,7 +541,8 @@ def _remove_stale_volume_shards(out: Path, keep: set[str]) -> None:
 
 
 def finalize_nifti_pairs(out: str | os.PathLike[str], n_tasks: int = 1) -> tuple[Path, Path]:
-    """Merge the ``n_tasks`` task records: write ``prep_report.csv``, the shard set and ``manifest.json``.
+    """Merge the ``n_tasks`` task records: write ``prep_report.csv``, the shard set, ``prep_volumes.csv`` and
+    ``manifest.json``.
 
     Idempotent (an unchanged prep rewrites nothing). Returns ``(manifest path, report path)``. Raises if
     no pair at all was usable (the report is written first, so it says why).
@@ -541,6 +560,7 @@ def finalize_nifti_pairs(out: str | os.PathLike[str], n_tasks: int = 1) -> tuple
     _publish_shards(out, staged)
     volumes = [{**v, "shard": shard_name(j)} for j, v in enumerate(volumes)]
     splits = _assign_splits(volumes, settings["split_fractions"])
+    _write_volume_table(out / VOLUMES_NAME, volumes, splits)
     attrs = {
         "kind": KIND,
         "format_version": FORMAT_VERSION,

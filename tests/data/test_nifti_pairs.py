@@ -94,17 +94,22 @@ def test_bad_files_are_skipped_and_exactly_reported(messy_src: Path, tmp_path: P
     result = prep_nifti_pairs(messy_src, out, size=SIZE)
     assert result.manifest is not None and result.manifest.is_file()
     rows = report_rows(out)
-    skipped = {r["file"]: r["reason"] for r in rows if r["status"] == "skipped"}
+    assert [r["status"] for r in rows] == ["skipped"] * 4  # the report lists the bad files, nothing else
+    skipped = {r["file"]: r["reason"] for r in rows}
     assert set(skipped) == {"trainA/truncated.nii.gz", "trainB/nanvol.nii.gz", "trainA/lonely.nii.gz",
                             "trainA/shapes.nii.gz"}
     assert "unreadable or truncated" in skipped["trainA/truncated.nii.gz"]
     assert "non-finite" in skipped["trainB/nanvol.nii.gz"]
     assert "unmatched" in skipped["trainA/lonely.nii.gz"] and "trainB" in skipped["trainA/lonely.nii.gz"]
     assert "shape mismatch" in skipped["trainA/shapes.nii.gz"]
-    assert sorted(r["file"] for r in rows if r["status"] == "ok") == [
-        f"trainA/patient_{k}.nii.gz" for k in range(3)]
     assert dict(result.skipped) == skipped
     manifest = read_manifest(out)
+    with open(out / "prep_volumes.csv", newline="") as handle:  # the used pairs, with their split
+        used = list(csv.DictReader(handle))
+    assert [(r["patient_id"], r["input"], r["target"], r["n_slices"], r["shard"]) for r in used] == [
+        (f"patient_{k}", f"trainA/patient_{k}.nii.gz", f"trainB/patient_{k}.nii.gz", str(SLICES), f"shard-0000{k}.h5")
+        for k in range(3)]
+    assert {r["patient_id"]: r["split"] for r in used} == manifest.split_of()
     assert sorted(manifest.attrs["volumes"]) == ["patient_0", "patient_1", "patient_2"]
     assert manifest.n_samples == 3 * SLICES
     assert [s.file for s in manifest.shards] == ["shard-00000.h5", "shard-00001.h5", "shard-00002.h5"]
