@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ctpipe.data.nifti_io import read_nifti
 from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
@@ -165,7 +166,7 @@ def _check_affine(affine: np.ndarray) -> None:
 def load_ct(path: str | os.PathLike[str]) -> CTVolume:
     """Load, validate and reorient one CT to canonical RAS. Raises :class:`BadInput` with the reason."""
     try:
-        image = nib.load(str(path))
+        image = read_nifti(path)
         shape = image.shape
     except Exception as error:  # nibabel raises many types for broken files
         raise BadInput(f"unreadable: {type(error).__name__}: {error}") from error

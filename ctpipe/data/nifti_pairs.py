@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
+from ctpipe.data.nifti_io import read_nifti
 from ctpipe.data.shards import (FieldSpec, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
                                 shard_index, shard_is_complete, shard_name, sidecar_path, write_shard)
 
@@ -146,10 +147,14 @@ class LoadedVolume:
 
 
 def load_volume(path: str | os.PathLike[str]) -> LoadedVolume:
-    """Read a 3D NIfTI (a 4D one with one volume is squeezed); raises :class:`VolumeError` with the cause."""
+    """Read a 3D NIfTI (a 4D one with one volume is squeezed); raises :class:`VolumeError` with the cause.
+
+    ``.nii.gz`` files are decompressed whole and their gzip checksum verified
+    (:func:`ctpipe.data.nifti_io.read_nifti`), so a file missing only its last bytes is caught too.
+    """
     path = Path(path)
     try:
-        image = nib.load(str(path))
+        image = read_nifti(path)
         data = np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as error:  # nibabel raises many types for corrupt/truncated files
         raise VolumeError(f"unreadable or truncated NIfTI ({type(error).__name__}: {error})") from error

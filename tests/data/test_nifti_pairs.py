@@ -281,3 +281,15 @@ def test_a_volume_that_turns_bad_leaves_no_stale_shard(tmp_path: Path) -> None:
     assert sorted(p.name for p in (out / "volumes").glob("*.h5")) == ["shard-00000.h5", "shard-00002.h5"]
     assert sorted(manifest.attrs["volumes"]) == ["patient_0", "patient_2"]
     assert slices_of(out, "patient_2").shape == (2, 16, 16)
+
+
+def test_a_gzip_missing_only_its_trailer_is_skipped_as_truncated(tmp_path: Path) -> None:
+    """The voxels are complete but the gzip CRC/length trailer is gone (an interrupted copy): skipped, not used."""
+    src = tmp_path / "src"
+    write_synthetic_phases(src, 2, size=16, n_slices=2)
+    cut = src / "trainB" / "patient_1.nii.gz"
+    cut.write_bytes(cut.read_bytes()[:-4])
+    result = prep_nifti_pairs(src, tmp_path / "out", size=16)
+    assert [r["file"] for r in report_rows(tmp_path / "out")] == ["trainB/patient_1.nii.gz"]
+    assert "truncated" in result.skipped[0][1]
+    assert sorted(read_manifest(tmp_path / "out").attrs["volumes"]) == ["patient_0"]
