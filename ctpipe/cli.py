@@ -64,6 +64,36 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
 
 
 # ---- prep: paired NIfTI phases (pix2pix) ---------------------------------------------------------------
+class _HUWindowAction(argparse.Action):
+    """``--hu-window LOW,HIGH`` (or ``LOW HIGH``) -> ``(low, high)`` floats with low < high."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        given = " ".join(values) if isinstance(values, list) else str(values)
+        parts = [p for p in given.replace(",", " ").split()]
+        try:
+            low, high = (float(p) for p in parts)
+        except ValueError:
+            parser.error(f"{option_string} {given!r}: give two numbers LOW,HIGH in HU, e.g. --hu-window -1024,3071")
+        if not high > low:
+            parser.error(f"{option_string} {low:g},{high:g}: HIGH must be greater than LOW, e.g. -1024,3071")
+        setattr(namespace, self.dest, (low, high))
+
+
+# options whose value may start with '-' and hold a comma (argparse would take "-1024,3071" for an option)
+_SIGNED_LIST_OPTIONS = ("--hu-window",)
+
+
+def _attach_signed_lists(argv: Sequence[str]) -> list[str]:
+    """``--hu-window -1024,3071`` -> ``--hu-window=-1024,3071``, which argparse reads as the option's value."""
+    out, i = list(argv), 0
+    while i < len(out) - 1:
+        if out[i] in _SIGNED_LIST_OPTIONS and out[i + 1].startswith("-") and "," in out[i + 1]:
+            out[i:i + 2] = [f"{out[i]}={out[i + 1]}"]
+        i += 1
+    return out
+
+
 def _prep_nifti_pairs(args: argparse.Namespace) -> None:
     from ctpipe.data.nifti_pairs import prep_nifti_pairs
 
@@ -95,8 +125,9 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--src", required=True, help="folder with trainA/ trainB/ (and optionally testA/ testB/)")
     p.add_argument("--out", required=True, help="output shard-set folder")
     p.add_argument("--size", default="512", help="slice side after resizing, or 'native' (default 512)")
-    p.add_argument("--hu-window", type=float, nargs=2, default=(-1024.0, 3071.0), metavar=("LOW", "HIGH"),
-                   help="HU window mapped onto [-1, 1] (default -1024 3071)")
+    p.add_argument("--hu-window", nargs="+", action=_HUWindowAction, default=(-1024.0, 3071.0), metavar="LOW,HIGH",
+                   help="HU window mapped onto [-1, 1], e.g. --hu-window -1024,3071 (the default; "
+                        "'-1024 3071' also works)")
     p.add_argument("--split-fractions", default="0.8,0.2",
                    help="train,validation[,test] fractions of the trainA/B patients (testA/B is always test)")
     p.add_argument("--affine-atol", type=float, default=1e-3, help="A/B affine tolerance in mm")
@@ -360,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse; ``key=value`` overrides may come before or after the options of train/submit."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _attach_signed_lists(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["submit", "pipeline"]:  # `submit` takes a stage positional: the chain has its own parser
         return _pipeline_parser().parse_intermixed_args(argv[2:])
     parser = build_parser()

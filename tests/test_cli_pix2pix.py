@@ -95,3 +95,26 @@ def test_aggregate_lists_pix2pix_and_identity(trained: Path, tmp_path: Path) -> 
     assert set(rows.loc[rows["model"] == "identity", "experiment"]) == {"baseline"}
     assert (rows["n_samples"] == 1).all()  # one row per VOLUME (one patient per split here)
     assert rows["psnr_hu[range=4095]"].notna().all() and rows["mae_hu"].notna().all()
+
+
+@pytest.mark.parametrize("flag", [["--hu-window", "-1000,2000"], ["--hu-window=-1000,2000"],
+                                  ["--hu-window", "-1000", "2000"]])
+def test_prep_hu_window_flag_forms(flag: list[str], tmp_path: Path) -> None:
+    """The issue's spelling `--hu-window -1024,3071` (a value argparse alone would take for an option)."""
+    from ctpipe.data.nifti_pairs import prep_settings
+    from ctpipe.data.shards import read_manifest
+
+    main(["prep", "synth-phases", "--out", str(tmp_path / "src"), "--n", "1", "--size", "16", "--n-slices", "2"])
+    main(["prep", "nifti-pairs", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--size", "16",
+          *flag])
+    assert prep_settings(read_manifest(tmp_path / "out").attrs) == ((-1000.0, 2000.0), 16)
+
+
+@pytest.mark.parametrize("value, message", [("2000,-1000", "HIGH must be greater than LOW"),
+                                            ("-1000,x", "give two numbers"), ("-1,2,3", "give two numbers")])
+def test_prep_rejects_a_bad_hu_window(value: str, message: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prep", "nifti-pairs", "--src", str(tmp_path), "--out", str(tmp_path / "out"), "--hu-window", value])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
