@@ -15,7 +15,7 @@ reuse them); finalising hard-links the usable ones, in candidate order, to the c
 
 * ``prep_report.csv`` (file, status, reason): one row per skipped file, status ``skipped``, with the
   reason (unreadable / truncated / not NIfTI / non-finite / unmatched / shape or affine mismatch / 4D /
-  duplicate id); just the header when nothing was skipped.
+  duplicate file name or patient id); just the header when nothing was skipped.
 * ``prep_volumes.csv`` (patient_id, split, input, target, n_slices, shard, axcodes, shape): one row per
   pair that was used.
 * manifest attrs: the intensity mapping, orientation convention, resize, and per-volume provenance
@@ -216,27 +216,36 @@ class PairCandidate:
     subset: str  # "train" | "test"
     input_path: Path | None
     target_path: Path | None
+    duplicate_of: Path | None = None  # set on a second file of the same name in one folder (it is skipped)
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
+def _nifti_files(folder: Path) -> dict[str, list[Path]]:
+    """``{stem: [paths]}``: usually one path; ``x.nii.gz`` next to ``x.nii`` gives two (``.nii.gz`` first)."""
     if not folder.is_dir():
         return {}
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     for path in sorted(folder.iterdir()):
         stem = nifti_stem(path)
         if stem is not None and path.is_file():
-            found.setdefault(stem, path)  # .nii.gz sorts before .nii: the first wins, the other is reported
-    return found
+            found.setdefault(stem, []).append(path)
+    return {stem: sorted(paths, key=lambda p: not p.name.endswith(".nii.gz")) for stem, paths in found.items()}
 
 
 def find_pairs(src: str | os.PathLike[str]) -> list[PairCandidate]:
-    """All candidates, sorted by (subset order, patient id); unmatched files appear with one path ``None``."""
+    """All candidates, sorted by (subset order, patient id); unmatched files appear with one path ``None``.
+
+    When a folder holds two files of one name (``x.nii.gz`` and ``x.nii``) the first is paired and each
+    other one follows as a candidate with ``duplicate_of`` set, to be skipped and reported.
+    """
     src = Path(src)
     out: list[PairCandidate] = []
     for subset, a_dir, b_dir in SUBSETS:
         a_files, b_files = _nifti_files(src / a_dir), _nifti_files(src / b_dir)
         for stem in sorted(set(a_files) | set(b_files)):
-            out.append(PairCandidate(stem, subset, a_files.get(stem), b_files.get(stem)))
+            a_paths, b_paths = a_files.get(stem, []), b_files.get(stem, [])
+            out.append(PairCandidate(stem, subset, a_paths[0] if a_paths else None, b_paths[0] if b_paths else None))
+            out += [PairCandidate(stem, subset, extra, None, duplicate_of=a_paths[0]) for extra in a_paths[1:]]
+            out += [PairCandidate(stem, subset, None, extra, duplicate_of=b_paths[0]) for extra in b_paths[1:]]
     if not out:
         raise FileNotFoundError(f"no NIfTI files under {src}/trainA and {src}/trainB (or testA/testB): "
                                 "expected SRC/trainA/<patient>.nii.gz with a same-named SRC/trainB file")
@@ -375,12 +384,16 @@ def _prepare_pair(cand: PairCandidate, index: int, src: Path, out: Path, setting
 
 # ---- the prep ------------------------------------------------------------------------------------------
 def _duplicate_reasons(candidates: Sequence[PairCandidate], src: Path) -> dict[int, tuple[str, str]]:
-    """A patient id in both train and test folders would leak: its test candidate is skipped."""
+    """Skip reasons by candidate index: a second file of one name in a folder, and a patient id in both train
+    and test folders (it would leak: the test candidate is skipped)."""
     seen: dict[str, str] = {}
     out: dict[int, tuple[str, str]] = {}
     for i, cand in enumerate(candidates):
-        if cand.patient_id in seen and seen[cand.patient_id] != cand.subset:
-            path = cand.input_path or cand.target_path
+        path = cand.input_path or cand.target_path
+        if cand.duplicate_of is not None:
+            out[i] = (_relative(path, src), f"duplicate: {_relative(cand.duplicate_of, src)} has the same patient "
+                                            "name and is the one used; remove or rename this file")
+        elif cand.patient_id in seen and seen[cand.patient_id] != cand.subset:
             out[i] = (_relative(path, src), f"patient id {cand.patient_id!r} also in the {seen[cand.patient_id]} "
                                             "folders (would leak across splits); rename one of them")
         seen.setdefault(cand.patient_id, cand.subset)

@@ -293,3 +293,18 @@ def test_a_gzip_missing_only_its_trailer_is_skipped_as_truncated(tmp_path: Path)
     assert [r["file"] for r in report_rows(tmp_path / "out")] == ["trainB/patient_1.nii.gz"]
     assert "truncated" in result.skipped[0][1]
     assert sorted(read_manifest(tmp_path / "out").attrs["volumes"]) == ["patient_0"]
+
+
+def test_two_files_of_one_name_in_a_folder_use_the_first_and_report_the_other(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_synthetic_phases(src, 2, size=16, n_slices=2)
+    image = nib.load(str(src / "trainA" / "patient_1.nii.gz"))
+    save(src / "trainA" / "patient_1.nii", np.zeros(image.shape, np.float32), image.affine)  # a stale copy
+    result = prep_nifti_pairs(src, tmp_path / "out", size=16)
+    rows = report_rows(tmp_path / "out")
+    assert [r["file"] for r in rows] == ["trainA/patient_1.nii"]
+    assert "duplicate" in rows[0]["reason"] and "trainA/patient_1.nii.gz" in rows[0]["reason"]
+    volumes = read_manifest(tmp_path / "out").attrs["volumes"]
+    assert sorted(volumes) == ["patient_0", "patient_1"] and volumes["patient_1"]["input"] == "trainA/patient_1.nii.gz"
+    assert result.n_volumes == 2
+    assert slices_of(tmp_path / "out", "patient_1").min() > -1.0  # the real volume, not the zeros (-> 0 HU)
