@@ -206,6 +206,10 @@ def _infer_pix2pix(args: argparse.Namespace) -> None:
     result = infer_folder(trained.generator, args.input_dir, args.out_dir, window, size, device, args.batch_size,
                           args.target_dir)
     print(f"wrote {len(result.outputs)} volumes to {args.out_dir}")
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if result.skipped_csv is not None:
+        print(f"{len(result.skipped)} skipped: {result.skipped_csv}", file=sys.stderr)
     if result.metrics_csv is not None:
         print(f"metrics: {result.metrics_csv}")
         print(json.dumps(describe(result), indent=1))

@@ -26,8 +26,9 @@ from torch import nn
 
 from ctpipe import metrics
 from ctpipe.atomic import atomic_write_text
-from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, canonical_slices, from_canonical, hu_to_unit, iter_volume_paths,
-                                    load_volume, nifti_stem, resize_slices, save_nifti_like, unit_to_hu)
+from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
+                                    iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
+                                    unit_to_hu)
 
 SSIM_CHUNK = 32  # slices per SSIM call (bounds memory for 512^2 x hundreds of slices)
 
@@ -59,7 +60,10 @@ def infer_volume(generator: nn.Module, in_path: str | os.PathLike[str], out_path
     from a manifest). The generator is switched to eval mode (BatchNorm running stats, no dropout) and
     restored to its previous mode afterwards.
     """
-    volume = load_volume(in_path)
+    try:
+        volume = load_volume(in_path)
+    except VolumeError as error:
+        raise VolumeError(f"{in_path}: {error}") from error
     slices = canonical_slices(volume.data, volume.affine)
     was_training = generator.training
     generator.eval()
@@ -145,6 +149,8 @@ class FolderResult:
     outputs: tuple[Path, ...]
     metrics_csv: Path | None  # per-volume scores (model and identity baseline) when targets were given
     table: pd.DataFrame | None
+    skipped: tuple[tuple[Path, str], ...] = ()  # (input, reason): unreadable inputs, or unusable targets
+    skipped_csv: Path | None = None  # out_dir/skipped.csv, written when something was skipped
 
 
 def _canonical_axial(path: Path) -> np.ndarray:
@@ -161,27 +167,47 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
     With ``target_dir`` (e.g. ``SRC/testB``) every prediction with a same-named target is scored by
     :func:`evaluate_volume` (with the identity baseline); the table is written atomically to
     ``out_dir/metrics.csv`` (one row per volume).
+
+    A file that cannot be read (truncated, NaN, not 3D, ...) does not stop the batch: it is skipped and
+    listed with the reason in ``out_dir/skipped.csv`` (likewise a prediction whose target is unusable: its
+    NIfTI is written, its metrics row is not). Raises only when no input at all could be predicted.
     """
     out_dir = Path(out_dir)
     paths = list(iter_volume_paths(in_dir))
     if not paths:
         raise FileNotFoundError(f"no .nii/.nii.gz files in {in_dir}")
-    outputs, rows = [], []
+    outputs, rows, skipped = [], [], []
     for path in paths:
-        out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)
+        try:
+            out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)
+        except VolumeError as error:
+            skipped.append((path, f"input: {error}"))
+            continue
         outputs.append(out_path)
         target = _matching(target_dir, path) if target_dir is not None else None
         if target is not None:
-            scores = evaluate_volume(_canonical_axial(out_path), _canonical_axial(target), window,
-                                     input_hu=_canonical_axial(path))
+            try:
+                scores = evaluate_volume(_canonical_axial(out_path), _canonical_axial(target), window,
+                                         input_hu=_canonical_axial(path))
+            except ValueError as error:  # an unreadable target (VolumeError), or a grid that differs from the input
+                skipped.append((path, f"target {target}: {error}"))
+                continue
             rows.append({"patient_id": nifti_stem(path), "input": str(path), "target": str(target), **scores})
+    skipped_csv = _write_frame(pd.DataFrame(skipped, columns=["input", "reason"]), out_dir / "skipped.csv") \
+        if skipped else None
+    if not outputs:
+        raise ValueError(f"no volume in {in_dir} could be read; see {skipped_csv}")
     if target_dir is None:
-        return FolderResult(tuple(outputs), None, None)
+        return FolderResult(tuple(outputs), None, None, tuple(skipped), skipped_csv)
     table = pd.DataFrame(rows)
+    return FolderResult(tuple(outputs), _write_frame(table, out_dir / "metrics.csv"), table, tuple(skipped),
+                        skipped_csv)
+
+
+def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
     buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    csv_path = atomic_write_text(out_dir / "metrics.csv", buffer.getvalue())
-    return FolderResult(tuple(outputs), csv_path, table)
+    frame.to_csv(buffer, index=False)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _matching(target_dir: str | os.PathLike[str], path: Path) -> Path | None:

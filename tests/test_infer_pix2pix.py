@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -113,3 +114,29 @@ def test_evaluate_volume_ssim_matches_skimage() -> None:
                                               sigma=1.5, use_sample_covariance=False) for k in range(2)])
     assert scores["ssim2d_norm[range=1]"] == pytest.approx(expected, rel=1e-6)
     assert scores["ssim2d_hu[range=4095]"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_bad_input_names_the_file_and_a_batch_skips_it(src: Path, tmp_path: Path) -> None:
+    from ctpipe.data.nifti_pairs import VolumeError
+
+    bad = src / "trainA" / "patient_2.nii.gz"
+    blob = (src / "trainA" / "patient_0.nii.gz").read_bytes()
+    bad.write_bytes(blob[: len(blob) - 3])  # cut inside the gzip trailer
+    with pytest.raises(VolumeError, match="patient_2.nii.gz: unreadable or truncated"):
+        infer_volume(nn.Identity(), bad, tmp_path / "one.nii.gz", DEFAULT_WINDOW, size=None, device="cpu")
+    assert not (tmp_path / "one.nii.gz").exists()
+    # the target of patient_1 is unusable: its prediction is written, its metrics row is not
+    (src / "trainB" / "patient_1.nii.gz").write_bytes(b"not a volume")
+    result = infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred", DEFAULT_WINDOW, size=None,
+                          device="cpu", target_dir=src / "trainB")
+    assert [p.name for p in result.outputs] == ["patient_0.nii.gz", "patient_1.nii.gz"]
+    assert [(p.name, reason.split(":")[0]) for p, reason in result.skipped] == [
+        ("patient_1.nii.gz", f"target {src / 'trainB' / 'patient_1.nii.gz'}"), ("patient_2.nii.gz", "input")]
+    assert result.table is not None and result.table["patient_id"].tolist() == ["patient_0"]
+    assert result.skipped_csv is not None
+    assert sorted(pd.read_csv(result.skipped_csv)["input"].map(lambda p: Path(p).name)) == [
+        "patient_1.nii.gz", "patient_2.nii.gz"]
+    for p in (src / "trainA").glob("patient_[01].nii.gz"):
+        p.write_bytes(b"")
+    with pytest.raises(ValueError, match="no volume"):
+        infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred2", DEFAULT_WINDOW, size=None, device="cpu")
