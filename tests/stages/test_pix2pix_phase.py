@@ -111,14 +111,18 @@ def _moving_region(patient_id: str, n_slices: int = 16, size: int = 64, n_phases
 
 @pytest.mark.slow
 def test_generator_beats_identity_on_whole_volumes(cohort: Path, tmp_path: Path) -> None:
-    """The seeds' objective (vanilla GAN + 50 * L1, instance norm), a 24-channel 6-level U-Net, ~2,400
-    steps on CPU: on every validation and test volume the generator's whole-volume PSNR (HU) beats the
-    identity baseline (the time-averaged input), its mean SSIM does too, and in the heart (where the phases
-    differ) its MAE is far lower. Whole-volume MAE is printed, not asserted: it is dominated by the
-    target's own noise (sigma 10 HU, which the identity baseline partly shares), see the issue note."""
+    """The seeds' objective (vanilla GAN + 50 * L1, instance norm), a 24-channel 6-level U-Net, 16 epochs
+    (3,264 steps) on CPU: on every validation and test volume the generator's whole-volume PSNR (HU) beats
+    the identity baseline (the time-averaged input), its mean SSIM does too, and in the heart (where the
+    phases differ) its MAE is far lower. Whole-volume MAE is printed, not asserted: it is dominated by the
+    target's own noise (sigma 10 HU, which the identity baseline partly shares), see the issue note.
+
+    Margins measured with train.seed 0, 1 and 3: smallest per-volume gain 0.80-1.32 dB, mean gain 2.06-2.83
+    dB. With 12 epochs they were too thin (seed 1: one validation volume at -0.01 dB, equal mean SSIM), so a
+    change of CPU, and with it of float rounding, could flip the outcome."""
     run = tmp_path / "run"
     over = TINY + [f"data.root={cohort / 'shards'}", "model.ngf=24", "model.norm=instance", "model.dropout=false",
-                   "optim.lr=2e-3", "train.epochs=12", "scheduler.n_epochs_constant=6"]
+                   "optim.lr=2e-3", "train.epochs=16", "scheduler.n_epochs_constant=8"]
     assert run_stage("pix2pix_phase", run, over).status == "completed"
     trained = load_trained_generator(run / "checkpoints" / "best.pt")
     assert (trained.config.loss.lambda_l1, trained.config.loss.gan_mode) == (50.0, "vanilla")  # the seeds'
@@ -131,8 +135,8 @@ def test_generator_beats_identity_on_whole_volumes(cohort: Path, tmp_path: Path)
         model, ident = rows["pix2pix"], rows["identity"]
         assert len(model) >= 3 and list(model.index) == list(ident.index)
         gain = model[PSNR_HU] - ident[PSNR_HU]
-        assert (gain > 0).all(), gain
-        assert gain.mean() > 1.0, gain
+        assert (gain > 0.25).all(), gain
+        assert gain.mean() > 1.5, gain
         assert model[SSIM_HU].mean() > ident[SSIM_HU].mean()
         for volume in predict_volumes(trained.generator, dataset, trained.config.data, torch.device("cpu")):
             x, y, p = (unit_to_hu(v.astype(np.float64), window)
