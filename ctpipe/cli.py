@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -70,7 +69,7 @@ class _HUWindowAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
                  option_string: str | None = None) -> None:
         given = " ".join(values) if isinstance(values, list) else str(values)
-        parts = [p for p in given.replace(",", " ").split()]
+        parts = given.replace(",", " ").split()
         try:
             low, high = (float(p) for p in parts)
         except ValueError:
