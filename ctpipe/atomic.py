@@ -61,3 +61,10 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def atomic_write_frame(frame: Any, target: str | os.PathLike[str], **to_csv: Any) -> Path:
+    """Write a pandas DataFrame as CSV (``index=False`` unless ``to_csv`` says otherwise), atomically."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, **{"index": False, **to_csv})
+    return Path(target)

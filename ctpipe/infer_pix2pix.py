@@ -14,7 +14,6 @@ data); MAE differs by the factor hi - lo.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from ctpipe import metrics
-from ctpipe.atomic import atomic_write_text
+from ctpipe.atomic import atomic_write_frame
 from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
                                     iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
                                     unit_to_hu)
@@ -193,21 +192,16 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
                 skipped.append((path, f"target {target}: {error}"))
                 continue
             rows.append({"patient_id": nifti_stem(path), "input": str(path), "target": str(target), **scores})
-    skipped_csv = _write_frame(pd.DataFrame(skipped, columns=["input", "reason"]), out_dir / "skipped.csv") \
-        if skipped else None
+    skipped_csv = None
+    if skipped:
+        skipped_csv = atomic_write_frame(pd.DataFrame(skipped, columns=["input", "reason"]), out_dir / "skipped.csv")
     if not outputs:
         raise ValueError(f"no volume in {in_dir} could be read; see {skipped_csv}")
     if target_dir is None:
         return FolderResult(tuple(outputs), None, None, tuple(skipped), skipped_csv)
     table = pd.DataFrame(rows)
-    return FolderResult(tuple(outputs), _write_frame(table, out_dir / "metrics.csv"), table, tuple(skipped),
+    return FolderResult(tuple(outputs), atomic_write_frame(table, out_dir / "metrics.csv"), table, tuple(skipped),
                         skipped_csv)
-
-
-def _write_frame(frame: pd.DataFrame, path: Path) -> Path:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    return atomic_write_text(path, buffer.getvalue())
 
 
 def _matching(target_dir: str | os.PathLike[str], path: Path) -> Path | None:

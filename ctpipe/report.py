@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_path
+from ctpipe.atomic import atomic_path, atomic_write_frame
 
 # Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
 # non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
@@ -106,8 +106,7 @@ def summary_table(per_sample: pd.DataFrame, runs: list[RunFiles]) -> pd.DataFram
 
 
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6g")
+    atomic_write_frame(frame, path, float_format="%.6g")
 
 
 def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ctpipe.atomic import atomic_path
+from ctpipe.atomic import atomic_path, atomic_write_frame
 from ctpipe.distributed import DistEnv
 
 
@@ -66,10 +66,17 @@ def evaluate_predictors(
                 rows[name].append({"sample_id": batch["sample_id"][i], "patient_id": batch["patient_id"][i],
                                    **{k: float(v[i]) for k, v in values.items()}, **(extra_columns or {})})
     frames = write_eval_tables(rows, out_dir)
-    with atomic_path(out_dir / "examples.npz") as tmp:
+    write_examples(examples, out_dir)
+    return frames
+
+
+def write_examples(examples: Mapping[str, list[np.ndarray]], out_dir: Path) -> Path:
+    """``<out_dir>/examples.npz`` (one stacked array per non-empty key: target and each model), atomically."""
+    path = out_dir / "examples.npz"
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
-    return frames
+    return path
 
 
 def write_eval_tables(rows: Mapping[str, list[dict[str, Any]]], out_dir: Path) -> dict[str, pd.DataFrame]:
@@ -78,8 +85,7 @@ def write_eval_tables(rows: Mapping[str, list[dict[str, Any]]], out_dir: Path) -
     for name, model_rows in rows.items():
         frame = pd.DataFrame(model_rows)
         frame.insert(0, "model", name)
-        with atomic_path(out_dir / f"{name}.csv") as tmp:
-            frame.to_csv(tmp, index=False)
+        atomic_write_frame(frame, out_dir / f"{name}.csv")
         frames[name] = frame
     return frames
 

@@ -37,11 +37,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ctpipe.atomic import atomic_path
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
-from ctpipe.stages.base import Stage
+from ctpipe.stages.base import Stage, write_eval_tables, write_examples
 
 STAGE = "pix2pix_phase"
 MODEL_NAME = "pix2pix"
@@ -318,11 +317,6 @@ def volume_rows(volume: VolumeSlices, window: tuple[float, float]) -> dict[str, 
     return rows
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
 def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, prep: PrepInfo, out_dir: Path,
                    device: torch.device, expected_slices: Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
     """Write ``out_dir/{pix2pix,identity}.csv`` (one row per volume) and ``examples.npz`` (middle slices, HU)."""
@@ -338,16 +332,8 @@ def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig
             for key, unit in (("target", volume.target), (MODEL_NAME, volume.prediction),
                               (BASELINE_NAME, volume.input)):
                 examples[key].append(unit_to_hu(unit[middle].astype(np.float32), prep.window))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames = {}
-    for model, model_rows in rows.items():
-        frame = pd.DataFrame(model_rows)
-        frame.insert(0, "model", model)
-        _write_csv(frame, out_dir / f"{model}.csv")
-        frames[model] = frame
-    with atomic_path(out_dir / "examples.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
+    frames = write_eval_tables(rows, out_dir)
+    write_examples(examples, out_dir)
     return frames
 
 

@@ -34,7 +34,7 @@ from ctpipe.config import ConfigError
 from ctpipe.losses3d import ssim3d
 from ctpipe.metrics import mae, metric_column, psnr, ssim, ssim_window_size
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
-from ctpipe.stages.base import write_eval_tables
+from ctpipe.stages.base import write_eval_tables, write_examples
 
 log = logging.getLogger(__name__)
 
@@ -429,9 +429,7 @@ def evaluate_volume_models(
         if name in first:
             pred, target, sample = first[name]
             write_orthogonal_slices_png(pred, target, out_dir / f"{name}_slices.png", f"{name} / {sample}", hu_window)
-    with atomic_path(out_dir / "examples.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **{k: np.stack(v) for k, v in examples.items() if v})
+    write_examples(examples, out_dir)
     return frames
 
 
