@@ -56,15 +56,15 @@ def pick_device(preference: str, env: DistEnv) -> torch.device:
 
 
 def backend_spec(device: torch.device, cuda_backend: str | None = None) -> str:
-    """The process group's backends: gloo for CPU tensors always, plus ``cuda_backend`` (nccl by default on a
-    CUDA device) for CUDA tensors.
+    """The process group's backends: gloo for CPU tensors always, plus ``cuda_backend`` (on a CUDA device:
+    ``$CTPIPE_CUDA_BACKEND``, default nccl; gloo lets several ranks share one GPU) for CUDA tensors.
 
     Every collective of ctpipe's own bookkeeping (stop/save votes, epoch sums, gathered evaluation rows,
     checkpoint RNG states, barriers) runs on CPU tensors or objects, and NCCL only reduces CUDA tensors; a
     group with one backend per device type routes each tensor to a backend that can take it.
     """
     if cuda_backend is None and device.type == "cuda":
-        cuda_backend = "nccl"
+        cuda_backend = os.environ.get("CTPIPE_CUDA_BACKEND", "nccl")
     return "gloo" if cuda_backend is None else f"cpu:gloo,cuda:{cuda_backend}"
 
 
@@ -75,10 +75,13 @@ WAIT_TIMEOUT = datetime.timedelta(days=7)
 
 
 def init_distributed(env: DistEnv, device: torch.device, timeout_s: float = 600.0,
-                     cuda_backend: str | None = None) -> None:
-    """Initialise the default process group when running on several ranks (see :func:`backend_spec`)."""
+                     cuda_backend: str | None = None, force: bool = False) -> None:
+    """Initialise the default process group when running on several ranks (see :func:`backend_spec`).
+
+    ``force`` starts a group on one rank too (MASTER_ADDR/MASTER_PORT set), so that a single GPU exercises
+    every collective and the DDP wrapper exactly as a multi-GPU job does (``make gpu-check``)."""
     global _WAIT_GROUP
-    if not env.distributed or dist.is_initialized():
+    if not (env.distributed or force) or dist.is_initialized():
         return
     dist.init_process_group(
         backend=backend_spec(device, cuda_backend),
@@ -96,24 +99,29 @@ def shutdown() -> None:
     _WAIT_GROUP = None
 
 
+def group_active() -> bool:
+    """A process group is running (several ranks, or one rank forced through the distributed path)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if group_active() else 1
 
 
 def rank() -> int:
-    return dist.get_rank() if world_size() > 1 else 0
+    return dist.get_rank() if group_active() else 0
 
 
 def barrier() -> None:
     """All ranks meet (on the CPU backend); bounded by the process-group timeout."""
-    if world_size() > 1:
+    if group_active():
         dist.barrier()
 
 
 def wait_for_all(poll_s: float = 0.2) -> None:
     """A barrier without the process-group timeout: for ranks that wait while another does long work (rank 0's
     final evaluation may take longer than the timeout). Polls, so signal handlers run while waiting."""
-    if world_size() == 1:
+    if not group_active():
         return
     work = dist.barrier(group=_WAIT_GROUP, async_op=True)
     while not work.is_completed():
@@ -124,14 +132,14 @@ def wait_for_all(poll_s: float = 0.2) -> None:
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks as float64 on the CPU (returns a new CPU tensor; a copy on one rank)."""
     out = values.detach().to("cpu", torch.float64).clone()
-    if world_size() > 1:
+    if group_active():
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Gather one picklable object per rank, in rank order (a list with ``obj`` on one rank)."""
-    if world_size() == 1:
+    if not group_active():
         return [obj]
     gathered: list[Any] = [None] * world_size()
     dist.all_gather_object(gathered, obj)
@@ -139,7 +147,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if world_size() == 1:
+    if not group_active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)

@@ -210,7 +210,7 @@ class Stepper:
         all-reduces gradients): all raise together instead of the healthy ranks waiting for the timeout."""
         finite = bool(torch.isfinite(loss.detach()).all())
         world = dist_utils.world_size()
-        if world > 1:
+        if dist_utils.group_active():
             votes = torch.zeros(world, dtype=torch.float64)
             votes[dist_utils.rank()] = float(not finite)
             bad = [r for r, v in enumerate(dist_utils.all_reduce_sum(votes).tolist()) if v > 0]
@@ -349,7 +349,7 @@ class Trainer:
         for name, module in self.task.modules.items():
             module.to(self.device)
             trainable = any(p.requires_grad for p in module.parameters())
-            if self.env.distributed and trainable:
+            if dist_utils.group_active() and trainable:  # several ranks, or one forced through DDP
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 # a task whose loss leaves an output head without gradient says so (else DDP raises at step 2)
                 find_unused = bool(getattr(self.task, "ddp_find_unused_parameters", False))
