@@ -101,8 +101,8 @@ def test_grid_sample_chunking_changes_nothing(monkeypatch):
     geometry = GEOMETRIES["fold4_even"]
     image, _ = _random(geometry, 2, torch.float64, seed=4)
     reference = forward_project(image, geometry, method="grid_sample")
-    monkeypatch.setattr(projector, "CHUNK_BUDGET_ELEMENTS", 7 * 64 * 64 * 4)
-    assert projector._chunk_size(geometry, 2) == 7
+    monkeypatch.setattr(projector, "CHUNK_BUDGET_ELEMENTS", 7 * 64 * 64)
+    assert projector._chunk_size(geometry) == 7
     torch.testing.assert_close(forward_project(image, geometry, method="grid_sample"), reference)
 
 
