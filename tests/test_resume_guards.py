@@ -198,3 +198,31 @@ def test_training_and_evaluation_log_rate_and_eta_on_slow_steps(tmp_path, caplog
     evals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluating batch")]
     assert len(steps) >= 4 and "samples/s" in steps[0] and "eta 0:00:0" in steps[0]
     assert len(evals) >= 4 and "eta" in evals[0]
+
+
+@pytest.mark.cuda
+def test_cuda_deterministic_resume_is_bit_identical(tmp_path):
+    """On the GPU with train.deterministic: an interrupted and resumed run equals an uninterrupted one."""
+    from ctpipe.train import StopFlag
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    cfg = with_(CFG, epochs=2, deterministic=True, device="cuda", checkpoint_every=0)
+
+    def run(run_dir, stop_at=None):
+        flag = StopFlag()
+        task = ToyTask(on_step=(lambda n: flag.set("test") if n == stop_at else None))
+        trainer = Trainer(task, cfg, SCHED, run_dir, device, stop_flag=flag, batch_size=6, progress=False)
+        return trainer.fit(), task
+
+    configure_determinism(True)
+    try:
+        _, reference = run(tmp_path / "ref")
+        first, _ = run(tmp_path / "run", stop_at=5)
+        assert first.status == "preempted"
+        second, resumed = run(tmp_path / "run")
+        assert second.status == "completed"
+    finally:
+        configure_determinism(False)
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert (tmp_path / "ref" / "history.csv").read_bytes() == (tmp_path / "run" / "history.csv").read_bytes()
