@@ -226,3 +226,25 @@ def test_cuda_deterministic_resume_is_bit_identical(tmp_path):
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert (tmp_path / "ref" / "history.csv").read_bytes() == (tmp_path / "run" / "history.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_run_stage_refuses_lost_history_and_restart_archives_it(tiny_lodopab, tmp_path):
+    from ctpipe.runner import run_stage
+
+    run = tmp_path / "run"
+    args = [f"data.root={tiny_lodopab}", "data.batch_size=8", "train.epochs=1", "train.early_stopping_patience=null",
+            "train.device=cpu"]
+    assert run_stage("fbp_window", run, args).status == "completed"
+    for path in (run / "checkpoints").glob("*.pt"):
+        if path.name != ckpt.BEST:
+            path.write_bytes(b"damaged")
+    best = (run / "checkpoints" / ckpt.BEST).read_bytes()
+    with pytest.raises(RunFolderError, match="--restart"):
+        run_stage("fbp_window", run, args)
+    assert (run / "checkpoints" / ckpt.BEST).read_bytes() == best
+    result = run_stage("fbp_window", run, args, restart=True)
+    assert result.status == "completed"
+    archives = list(run.glob("archive-*"))
+    assert len(archives) == 1 and (archives[0] / "checkpoints" / ckpt.BEST).read_bytes() == best
+    assert (archives[0] / "history.csv").exists() and (run / "history.csv").exists()
