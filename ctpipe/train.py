@@ -109,6 +109,8 @@ class Task(Protocol):
     train_set: Dataset
     val_set: Dataset | None
     fingerprint: dict[str, Any]             # model/optimizer config: resuming with another one is refused
+    # optional: ``ddp_find_unused_parameters = True`` when the loss leaves some trained parameters without
+    # gradient (an unsupervised output head); DDP then searches for them every step
 
     def train_step(self, batch: Mapping[str, Any], stepper: "Stepper") -> dict[str, torch.Tensor]:
         """Forward through ``stepper.module(name)`` (the DDP/compiled wrapper of ``modules[name]``), then
