@@ -100,15 +100,14 @@ def test_no_other_module_calls_torch_distributed():
 def _all_collectives_under_cuda_only(rank: int, run_dir: str) -> dict:
     _register_cuda_only()
     env = dist_utils.detect_env()
-    # the restricted backend really refuses a CPU tensor (the failure NCCL gives), so this test can fail
-    dist.init_process_group("cudaonly", rank=env.rank, world_size=env.world_size)
+    dist_utils.init_distributed(env, torch.device("cpu"), timeout_s=60, cuda_backend="cudaonly")
+    # the restricted backend alone really refuses a CPU tensor (the failure NCCL gives), so this test can fail
+    cuda_only = dist.new_group(backend="cudaonly")
     try:
-        dist_utils.all_reduce_sum(torch.ones(2))
+        dist.all_reduce(torch.ones(2, dtype=torch.float64), group=cuda_only)
         refused = False
     except RuntimeError as err:
         refused = "cpu" in str(err)
-    dist.destroy_process_group()
-    dist_utils.init_distributed(env, torch.device("cpu"), timeout_s=60, cuda_backend="cudaonly")
     task = ToyTask(n_train=24)
     result = _trainer(run_dir, task, env).fit()  # votes, epoch sums, NaN agreement, gathered RNG states, eval
     resumed = _trainer(run_dir, ToyTask(n_train=24), env, TrainConfig(**{**CFG.__dict__, "epochs": 3}))
