@@ -145,13 +145,20 @@ class _SlowEvaluation:
             Path(run_dir, "evaluated").write_text("yes")
 
 
+def _file_rendezvous(folder: Path, rank: int, world: int) -> None:
+    (folder / f"ready.{rank}").touch()
+    while len(list(folder.glob("ready.*"))) < world:
+        time.sleep(0.01)
+
+
 def _slow_final_evaluation(rank: int, run_dir: str) -> dict:
     from ctpipe.runner import _evaluate_then_wait
 
     env = dist_utils.detect_env()
-    dist_utils.init_distributed(env, torch.device("cpu"), timeout_s=1.0)
+    _file_rendezvous(Path(run_dir), rank, 2)  # start together: the 2 s timeout also bounds the set-up
+    dist_utils.init_distributed(env, torch.device("cpu"), timeout_s=2.0)
     started = time.monotonic()
-    done = _evaluate_then_wait(_SlowEvaluation(4.0), None, None, Path(run_dir), torch.device("cpu"), env,
+    done = _evaluate_then_wait(_SlowEvaluation(6.0), None, None, Path(run_dir), torch.device("cpu"), env,
                                StopFlag())
     waited = time.monotonic() - started
     dist_utils.barrier()  # the short-timeout group still works afterwards
@@ -163,7 +170,7 @@ def test_final_evaluation_may_outlast_the_process_group_timeout(tmp_path):
     results = _spawn(_slow_final_evaluation, 2, str(tmp_path))
     assert isinstance(results[1], dict), results[1]
     assert results[0]["done"] and results[1]["done"]
-    assert results[1]["waited"] >= 3.5  # rank 1 waited for rank 0's 4 s evaluation, past the 1 s timeout
+    assert results[1]["waited"] >= 5.5  # rank 1 waited for rank 0's 6 s evaluation, past the 2 s timeout
     assert (tmp_path / "evaluated").read_text() == "yes"
 
 
