@@ -26,5 +26,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.fbp
 
+.PHONY: gpu-check
+gpu-check: $(STAMP)  # the GPU acceptance run (< 8 min on one GPU); without CUDA a CPU dry run of the same paths
+	$(PY) -m benchmarks.gpu_check
+
 clean:
 	rm -rf $(VENV) build *.egg-info data/demo runs/demo results/demo

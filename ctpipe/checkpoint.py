@@ -62,34 +62,70 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
-    """Files that may hold the newest state, most likely newest first."""
+    """Files that may hold the newest state, newest first: by modification time, ties broken in the order
+    latest.pt, previous.pt, then periodic files from the highest epoch down."""
     ckpt_dir = Path(ckpt_dir)
     periodic = sorted(
         (p for p in ckpt_dir.glob("epoch_*.pt") if _PERIODIC.search(p.name)),
         key=lambda p: int(_PERIODIC.search(p.name).group(1)),  # type: ignore[union-attr]
         reverse=True,
     )
-    named = [ckpt_dir / LATEST, ckpt_dir / PREVIOUS]
-    return [p for p in named + periodic if p.exists()]
+    named = [p for p in [ckpt_dir / LATEST, ckpt_dir / PREVIOUS] + periodic if p.exists()]
+    order = {p: i for i, p in enumerate(named)}
+    return sorted(named, key=lambda p: (-p.stat().st_mtime_ns, order[p]))
 
 
-def load_newest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The readable checkpoint with the highest global step; unreadable files are reported and skipped."""
-    best: tuple[Path, dict[str, Any]] | None = None
+def load_newest(ckpt_dir: str | Path, map_location: str | torch.device = "cpu",
+                unreadable: list[str] | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint, loaded once: candidates are tried newest first and the first one that
+    loads wins (a pix2pix checkpoint is ~0.84 GB, so no rank reads the others). Unreadable files are logged,
+    skipped and, when ``unreadable`` is given, appended to it as messages."""
     for path in resume_candidates(ckpt_dir):
         try:
-            state = load_checkpoint(path, map_location)
+            return path, load_checkpoint(path, map_location)
         except CheckpointError as err:
             log.warning("skipping %s", err)
-            continue
-        if best is None or state["global_step"] > best[1]["global_step"]:
-            best = (path, state)
-    return best
+            if unreadable is not None:
+                unreadable.append(str(err))
+    return None
+
+
+HISTORY_FILES = ("history.csv", f"checkpoints/{BEST}")
+
+
+def run_history(run_dir: str | Path) -> list[Path]:
+    """Files showing that ``run_dir`` has trained before (so starting it anew would lose or overwrite work)."""
+    run_dir = Path(run_dir)
+    found = [run_dir / name for name in HISTORY_FILES if (run_dir / name).exists()]
+    events = run_dir / "events.jsonl"
+    if events.exists() and '"epoch_end"' in events.read_text(errors="replace"):
+        found.append(events)
+    return found
+
+
+def archive_run(run_dir: str | Path, stamp: str | None = None) -> Path | None:
+    """Move everything in ``run_dir`` (except earlier archives) into ``run_dir/archive-<UTC time>/``, so a
+    restarted run starts empty and nothing of the old one is lost. Returns the archive (None: nothing to move)."""
+    import datetime
+
+    run_dir = Path(run_dir)
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith("archive-")] if run_dir.is_dir() else []
+    if not entries:
+        return None
+    stamp = stamp or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    archive = run_dir / f"archive-{stamp}"
+    archive.mkdir()
+    for entry in entries:
+        entry.replace(archive / entry.name)
+    return archive
 
 
 # ---- RNG state ---------------------------------------------------------------------------------------
-def capture_rng() -> dict[str, Any]:
-    """All RNG states as tensors and plain types (loadable with weights_only=True)."""
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """All RNG states as tensors and plain types (loadable with weights_only=True).
+
+    Of the CUDA generators only the one of ``device`` (the rank's own GPU) is saved: a resume may see fewer
+    GPUs, and the other devices' generators are not this rank's to restore."""
     py_version, py_state, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
@@ -98,16 +134,22 @@ def capture_rng() -> dict[str, Any]:
                   float(np_gauss)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore :func:`capture_rng`'s states; the CUDA one goes to ``device`` (older files that saved every
+    device's generator restore the entry of ``device``'s index when there is one)."""
     py_version, py_state, py_gauss = state["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
     np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device is None or device.type != "cuda":
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"], device)
+    elif "cuda" in state and (device.index or 0) < len(state["cuda"]):
+        torch.cuda.set_rng_state(state["cuda"][device.index or 0], device)

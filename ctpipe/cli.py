@@ -264,7 +264,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from ctpipe.runner import run_stage
 
-    result = run_stage(args.stage, Path(args.run_dir), args.overrides, args.config, args.force_resume)
+    result = run_stage(args.stage, Path(args.run_dir), args.overrides, args.config, args.force_resume,
+                       restart=args.restart)
     print(json.dumps(result.__dict__))
     if result.status == "preempted":
         sys.exit(int(os.environ.get("CTPIPE_PREEMPT_EXIT_CODE", 3)))
@@ -289,6 +290,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--config", default=None, help="config JSON (default: jobs/configs/<stage>.json)")
     p.add_argument("--force-resume", action="store_true", help="resume even if model/optimizer settings changed")
+    p.add_argument("--restart", action="store_true",
+                   help="move the run folder's old content to RUN_DIR/archive-<time>/ and train anew (e.g. when "
+                        "no checkpoint of it is readable)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_train)
     p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default); "

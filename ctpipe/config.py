@@ -64,10 +64,12 @@ class TrainConfig:
     grad_accum: int = 1
     amp: Literal["none", "bf16", "fp16"] = "none"
     log_every: int = 50
+    log_interval_s: float = 30.0          # also log a step/evaluation line (rate, ETA) at least this often
     compile: bool = False
     gradient_checkpointing: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = None
+    deterministic: bool = False           # torch deterministic algorithms + cuBLAS workspace (see README)
 
 
 # ---- generic (de)serialisation ---------------------------------------------------------------------

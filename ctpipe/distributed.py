@@ -1,10 +1,15 @@
-"""Process-group set-up from the environment (torchrun | SLURM/submitit | single process) and rank helpers."""
+"""Process-group set-up from the environment (torchrun | SLURM/submitit | single process) and rank helpers.
+
+This module owns every collective ctpipe calls: no other module uses ``torch.distributed`` directly
+(tests/test_distributed_backends.py checks both the rule and the collectives under a CUDA-only backend).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import os
+import time
 from typing import Any
 
 import torch
@@ -50,45 +55,91 @@ def pick_device(preference: str, env: DistEnv) -> torch.device:
     return torch.device("cuda", index)
 
 
-def init_distributed(env: DistEnv, device: torch.device, timeout_s: float = 600.0) -> None:
-    """Initialise the default process group (nccl on GPU, gloo on CPU) when running on several ranks."""
-    if not env.distributed or dist.is_initialized():
+def backend_spec(device: torch.device, cuda_backend: str | None = None) -> str:
+    """The process group's backends: gloo for CPU tensors always, plus ``cuda_backend`` (on a CUDA device:
+    ``$CTPIPE_CUDA_BACKEND``, default nccl; gloo lets several ranks share one GPU) for CUDA tensors.
+
+    Every collective of ctpipe's own bookkeeping (stop/save votes, epoch sums, gathered evaluation rows,
+    checkpoint RNG states, barriers) runs on CPU tensors or objects, and NCCL only reduces CUDA tensors; a
+    group with one backend per device type routes each tensor to a backend that can take it.
+    """
+    if cuda_backend is None and device.type == "cuda":
+        cuda_backend = os.environ.get("CTPIPE_CUDA_BACKEND", "nccl")
+    return "gloo" if cuda_backend is None else f"cpu:gloo,cuda:{cuda_backend}"
+
+
+_WAIT_GROUP: Any = None
+# A separate gloo group for waiting on work of unbounded length (rank 0's final evaluation): its timeout is a
+# week, and the wait polls, so a signal still reaches the waiting rank.
+WAIT_TIMEOUT = datetime.timedelta(days=7)
+
+
+def init_distributed(env: DistEnv, device: torch.device, timeout_s: float = 600.0,
+                     cuda_backend: str | None = None, force: bool = False) -> None:
+    """Initialise the default process group when running on several ranks (see :func:`backend_spec`).
+
+    ``force`` starts a group on one rank too (MASTER_ADDR/MASTER_PORT set), so that a single GPU exercises
+    every collective and the DDP wrapper exactly as a multi-GPU job does (``make gpu-check``)."""
+    global _WAIT_GROUP
+    if not (env.distributed or force) or dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(
-        backend=backend,
+        backend=backend_spec(device, cuda_backend),
         rank=env.rank,
         world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    _WAIT_GROUP = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
 
 
 def shutdown() -> None:
+    global _WAIT_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _WAIT_GROUP = None
+
+
+def group_active() -> bool:
+    """A process group is running (several ranks, or one rank forced through the distributed path)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dist.get_world_size() if group_active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if group_active() else 0
 
 
 def barrier() -> None:
-    if world_size() > 1:
+    """All ranks meet (on the CPU backend); bounded by the process-group timeout."""
+    if group_active():
         dist.barrier()
 
 
+def wait_for_all(poll_s: float = 0.2) -> None:
+    """A barrier without the process-group timeout: for ranks that wait while another does long work (rank 0's
+    final evaluation may take longer than the timeout). Polls, so signal handlers run while waiting."""
+    if not group_active():
+        return
+    work = dist.barrier(group=_WAIT_GROUP, async_op=True)
+    while not work.is_completed():
+        time.sleep(poll_s)
+    work.wait()
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    """Sum a float64 CPU tensor over ranks (returns a new tensor; identity on one rank)."""
-    if world_size() == 1:
-        return values.clone()
-    out = values.detach().to(torch.float64).clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    """Sum a tensor over ranks as float64 on the CPU (returns a new CPU tensor; a copy on one rank)."""
+    out = values.detach().to("cpu", torch.float64).clone()
+    if group_active():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Gather one picklable object per rank, in rank order (a list with ``obj`` on one rank)."""
-    if world_size() == 1:
+    if not group_active():
         return [obj]
     gathered: list[Any] = [None] * world_size()
     dist.all_gather_object(gathered, obj)
@@ -96,8 +147,14 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    if world_size() == 1:
+    if not group_active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def ddp_find_unused(scale_weights: tuple[float, ...], n_outputs: int) -> bool:
+    """True when a multi-scale loss leaves an output head without gradient (fewer weights than outputs, or a
+    zero weight): DDP must then search for unused parameters, or it raises on the second step."""
+    return len(scale_weights) < n_outputs or any(w == 0 for w in scale_weights)

@@ -19,7 +19,8 @@ from ctpipe.atomic import atomic_write_json
 from ctpipe.config import ConfigError, build_config, load_json, to_dict
 from ctpipe.paths import stage_configs_dir
 from ctpipe.stages import get_stage
-from ctpipe.train import FitResult, StopFlag, Trainer, seed_everything
+from ctpipe.checkpoint import archive_run
+from ctpipe.train import FitResult, StopFlag, Trainer, configure_determinism, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,27 @@ def configure_logging() -> None:
 
 
 def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), config_path: str | Path | None = None,
-              force_resume: bool = False, stop_flag: StopFlag | None = None, evaluate: bool = True) -> RunResult:
-    """Train ``stage`` in ``run_dir`` (resuming when it holds a checkpoint), then run its final evaluation."""
+              force_resume: bool = False, stop_flag: StopFlag | None = None, evaluate: bool = True,
+              restart: bool = False) -> RunResult:
+    """Train ``stage`` in ``run_dir`` (resuming when it holds a checkpoint), then run its final evaluation.
+
+    ``restart`` first moves the folder's old content to ``run_dir/archive-<time>/`` and starts anew."""
     configure_logging()
     run_dir = Path(run_dir)
     spec = get_stage(stage)
+    if restart:  # a new start: the packaged (or given) config, not the archived run's
+        config_path = config_path or stage_config_path(stage)
     cfg = resolve_config(stage, run_dir, overrides, config_path)
     env = dist_utils.detect_env()
+    configure_determinism(cfg.train.deterministic)  # before the first CUDA call (cuBLAS workspace)
     device = dist_utils.pick_device(cfg.train.device, env)
     dist_utils.init_distributed(env, device)
     try:
+        if restart and env.is_main:
+            archived = archive_run(run_dir)
+            if archived is not None:
+                log.warning("--restart: moved the old content of %s to %s", run_dir, archived)
+        dist_utils.barrier()
         if env.is_main:
             atomic_write_json(run_dir / "config.json", to_dict(cfg))
         seed_everything(cfg.train.seed)
@@ -80,12 +92,12 @@ def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), co
             result: FitResult = trainer.fit()
         status = result.status
         if evaluate and status in ("completed", "early_stopped"):
-            if _final_evaluation(spec, cfg, task, run_dir, device, env, flag):
+            if _evaluate_then_wait(spec, cfg, task, run_dir, device, env, flag):
                 trainer.event("evaluated")
             else:
                 status = "preempted"
-        with flag.installed():  # a late signal must not kill a finished rank while it waits for the others
-            dist_utils.barrier()
+        else:
+            _evaluate_then_wait(None, cfg, task, run_dir, device, env, flag)
         log.info("stage %s in %s: %s at epoch %d", stage, run_dir, status, result.epoch)
         return RunResult(stage, str(run_dir), status, result.epoch, result.best_metric)
     finally:
@@ -112,6 +124,19 @@ def _final_evaluation(spec: Any, cfg: Any, task: Any, run_dir: Path, device: tor
         log.warning("final evaluation in %s %s; training is complete, a restart evaluates again", run_dir, stop)
         return False
     return True
+
+
+def _evaluate_then_wait(spec: Any, cfg: Any, task: Any, run_dir: Path, device: torch.device, env: Any,
+                        flag: StopFlag) -> bool:
+    """The final evaluation (``spec`` None: none), then every rank waits for the others.
+
+    Stages evaluate on rank 0 only, which may take longer than the process-group timeout (a 256^3 test set):
+    the other ranks wait in :func:`distributed.wait_for_all`, which has no such timeout; a late signal must
+    not kill a finished rank while it waits. False when a stop signal interrupted the evaluation."""
+    done = True if spec is None else _final_evaluation(spec, cfg, task, run_dir, device, env, flag)
+    with flag.installed():
+        dist_utils.wait_for_all()
+    return done
 
 
 def summarize(result: RunResult) -> str:

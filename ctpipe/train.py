@@ -48,6 +48,14 @@ class ConfigMismatchError(RuntimeError):
     """A run folder's checkpoint was made with a different model/optimizer configuration."""
 
 
+class RunFolderError(RuntimeError):
+    """A run folder holds earlier training but no readable checkpoint to resume it from."""
+
+
+class NondeterministicOpError(RuntimeError):
+    """``train.deterministic=true`` and an operation of the model has no deterministic kernel."""
+
+
 # ---- preemption ------------------------------------------------------------------------------------
 class StopFlag:
     """Set by a signal (SIGUSR2, SIGTERM) or by code; the trainer checks it after every step."""
@@ -101,6 +109,8 @@ class Task(Protocol):
     train_set: Dataset
     val_set: Dataset | None
     fingerprint: dict[str, Any]             # model/optimizer config: resuming with another one is refused
+    # optional: ``ddp_find_unused_parameters = True`` when the loss leaves some trained parameters without
+    # gradient (an unsupervised output head); DDP then searches for them every step
 
     def train_step(self, batch: Mapping[str, Any], stepper: "Stepper") -> dict[str, torch.Tensor]:
         """Forward through ``stepper.module(name)`` (the DDP/compiled wrapper of ``modules[name]``), then
@@ -183,8 +193,7 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, name: str) -> None:
         """Backward for optimizer ``name``; steps it when the accumulation window is complete."""
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"non-finite loss ({loss.item()}) for optimizer {name!r}")
+        self._agree_finite(loss, name)
         self.scaler.scale(loss / self.cfg.grad_accum).backward()
         if not self.at_boundary:
             return
@@ -198,8 +207,87 @@ class Stepper:
         optimizer.zero_grad(set_to_none=True)
         self.schedulers[name].after_step()
 
+    def _agree_finite(self, loss: torch.Tensor, name: str) -> None:
+        """Every rank learns whether any rank's loss is NaN/Inf before any rank enters backward (where DDP
+        all-reduces gradients): all raise together instead of the healthy ranks waiting for the timeout."""
+        finite = bool(torch.isfinite(loss.detach()).all())
+        world = dist_utils.world_size()
+        if dist_utils.group_active():
+            votes = torch.zeros(world, dtype=torch.float64)
+            votes[dist_utils.rank()] = float(not finite)
+            bad = [r for r, v in enumerate(dist_utils.all_reduce_sum(votes).tolist()) if v > 0]
+        else:
+            bad = [] if finite else [0]
+        if bad:
+            where = f" on rank(s) {bad}" if world > 1 else ""
+            raise NonFiniteLossError(f"non-finite loss{where} for optimizer {name!r} (this rank's loss: "
+                                     f"{float(loss.detach().float().mean())}); training stops on every rank and "
+                                     "the last good checkpoint is kept: lower the learning rate, enable "
+                                     "train.grad_clip, or use train.amp=bf16 instead of fp16, then resume")
+
     def end_micro_step(self) -> None:
         self.micro_step += 1
+
+
+# ---- progress lines ------------------------------------------------------------------------------------
+class RateLog:
+    """Decides when a progress line is due (every ``every`` items, and at least every ``interval_s`` seconds)
+    and formats rate and ETA, so batch logs are never silent for long on slow steps."""
+
+    def __init__(self, total: int, done: int, every: int, interval_s: float) -> None:
+        self.total, self.start_done, self.done = total, done, done
+        self.every, self.interval_s = max(every, 1), interval_s
+        self.start = self.last = time.monotonic()
+
+    def step(self, n: int = 1) -> bool:
+        """Count ``n`` items; True when a line is due."""
+        self.done += n
+        now = time.monotonic()
+        due = self.done % self.every == 0 or now - self.last >= self.interval_s
+        if due:
+            self.last = now
+        return due
+
+    def rate_eta(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return f"{rate:.3g} it/s eta {_hms(eta)}"
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+_NONDETERMINISTIC = "does not have a deterministic implementation"
+
+
+@contextlib.contextmanager
+def _named_nondeterminism() -> Iterator[None]:
+    """Turn torch's error for an op without a deterministic kernel into one that names the op and the fix."""
+    try:
+        yield
+    except RuntimeError as err:
+        if _NONDETERMINISTIC not in str(err):
+            raise
+        op = str(err).split(_NONDETERMINISTIC)[0].strip()
+        raise NondeterministicOpError(
+            f"train.deterministic=true, but {op} has no deterministic kernel on this device ({err}). Set "
+            "train.deterministic=false (the run is then not bit-reproducible on GPU), or change the model to "
+            "avoid this op") from err
+
+
+def configure_determinism(enabled: bool) -> None:
+    """``train.deterministic``: torch's deterministic algorithms, and the cuBLAS workspace setting that
+    deterministic cuBLAS needs (set in the environment before the first CUDA/cuBLAS call)."""
+    import os
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
 
 
 # ---- the trainer ---------------------------------------------------------------------------------------
@@ -263,9 +351,12 @@ class Trainer:
         for name, module in self.task.modules.items():
             module.to(self.device)
             trainable = any(p.requires_grad for p in module.parameters())
-            if self.env.distributed and trainable:
+            if dist_utils.group_active() and trainable:  # several ranks, or one forced through DDP
                 ids = [self.device.index] if self.device.type == "cuda" else None
-                module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+                # a task whose loss leaves an output head without gradient says so (else DDP raises at step 2)
+                find_unused = bool(getattr(self.task, "ddp_find_unused_parameters", False))
+                module = nn.parallel.DistributedDataParallel(module, device_ids=ids,
+                                                             find_unused_parameters=find_unused)
             if self.cfg.compile and trainable:
                 module = torch.compile(module)  # type: ignore[assignment]
             wrapped[name] = module
@@ -281,7 +372,7 @@ class Trainer:
 
     def _checkpoint_dict(self) -> dict[str, Any]:
         """The full state; per-rank parts (RNG, running sums of the epoch) are gathered from every rank."""
-        mine = {"rng": ckpt.capture_rng(), **{k: self.state[k] for k in self._RANK_KEYS}}
+        mine = {"rng": ckpt.capture_rng(self.device), **{k: self.state[k] for k in self._RANK_KEYS}}
         return {
             **{k: v for k, v in self.state.items() if k not in self._RANK_KEYS},
             "rank_states": dist_utils.all_gather_objects(mine),
@@ -291,8 +382,13 @@ class Trainer:
             "scaler": self.stepper.scaler.state_dict(),
             "micro_step": self.stepper.micro_step,
             "fingerprint": json.dumps(self.task.fingerprint, sort_keys=True),
+            "runtime": self._runtime(),
             "config": json.dumps(self.config_dict, sort_keys=True),
         }
+
+    def _runtime(self) -> str:
+        """What a checkpoint's optimizer/scaler state depends on besides the model: AMP mode and device type."""
+        return json.dumps({"amp": self.cfg.amp, "device": self.device.type}, sort_keys=True)
 
     def save(self, kind: str = "latest") -> None:
         """Write a checkpoint: every rank must call this (it gathers), rank 0 writes.
@@ -310,8 +406,14 @@ class Trainer:
 
     def resume(self) -> Path | None:
         """Load the newest readable checkpoint of the run folder, if any."""
-        found = ckpt.load_newest(self.ckpt_dir)
+        unreadable: list[str] = []
+        found = ckpt.load_newest(self.ckpt_dir, self.device, unreadable)
+        paths = dist_utils.all_gather_objects(None if found is None else str(found[0]))
+        if len(set(paths)) > 1:
+            raise RuntimeError(f"ranks chose different checkpoints to resume from ({paths}); is {self.ckpt_dir} on "
+                               "a file system every node sees the same way?")
         if found is None:
+            self._refuse_lost_history(unreadable)
             return None
         path, saved = found
         fingerprint = json.dumps(self.task.fingerprint, sort_keys=True)
@@ -319,6 +421,12 @@ class Trainer:
             raise ConfigMismatchError(
                 f"{path} was written with model/optimizer settings {saved['fingerprint']}, but this run asks for "
                 f"{fingerprint}; use a new --run-dir, or pass --force-resume to continue anyway")
+        runtime = saved.get("runtime")
+        if runtime is not None and runtime != self._runtime():
+            raise ConfigMismatchError(
+                f"{path} was written with {runtime} but this run uses {self._runtime()}; the optimizer and "
+                "gradient-scaler state of one AMP mode/device does not carry over to another. Resume with the "
+                "saved train.amp and train.device, or start anew with --restart or a new --run-dir")
         for name, module in self.task.modules.items():
             module.load_state_dict(saved["models"][name])
         for name, opt in self.task.optimizers.items():
@@ -333,6 +441,18 @@ class Trainer:
         self.event("resumed", path=str(path), epoch=self.state["epoch"], step=self.state["step_in_epoch"])
         return path
 
+    def _refuse_lost_history(self, unreadable: list[str]) -> None:
+        """No readable checkpoint: fine for a new run folder, an error when the folder shows earlier training
+        (starting over would overwrite its history.csv and, with a worse model, its best.pt)."""
+        history = ckpt.run_history(self.run_dir)
+        if not unreadable and not history:
+            return
+        lines = "\n  ".join(unreadable or ["(no checkpoint files)"])
+        raise RunFolderError(
+            f"{self.run_dir} holds earlier training ({', '.join(str(p) for p in history) or 'checkpoints'}) but no "
+            f"readable checkpoint to resume from:\n  {lines}\nPass --restart to move the old content to "
+            f"{self.run_dir}/archive-<time>/ and start anew, or use a new --run-dir")
+
     def _rank_state(self, rank_states: list[dict[str, Any]], path: Path) -> dict[str, Any]:
         """This rank's RNG and running sums; a different world size can only resume at an epoch boundary."""
         if len(rank_states) == self.env.world_size:
@@ -344,7 +464,7 @@ class Trainer:
         else:
             raise RuntimeError(f"{path} stopped mid-epoch with {len(rank_states)} rank(s); resume it with the same "
                                f"number of ranks (now {self.env.world_size}) to keep the run exact")
-        ckpt.restore_rng(mine["rng"])
+        ckpt.restore_rng(mine["rng"], self.device)
         return {k: mine[k] for k in self._RANK_KEYS}
 
     # -- logging ------------------------------------------------------------------------------------
@@ -398,19 +518,21 @@ class Trainer:
         seen = 0
         bar = _progress(self.progress and self.env.is_main, total=self.steps_per_epoch,
                         initial=self.state["step_in_epoch"], desc=f"epoch {epoch}")
+        rate = RateLog(self.steps_per_epoch, self.state["step_in_epoch"], self.cfg.log_every, self.cfg.log_interval_s)
         for batch in loader:
             if self.state["step_in_epoch"] >= self.steps_per_epoch:
                 break
             batch = _to_device(batch, self.device)
-            terms = self.task.train_step(batch, self.stepper)
+            with _named_nondeterminism():
+                terms = self.task.train_step(batch, self.stepper)
             self.stepper.end_micro_step()
             self._add_terms(terms)
             self.state["step_in_epoch"] += 1
             self.state["global_step"] += 1
             seen += len(batch.get("index", [0]))
             bar.update(1)
-            if self.state["global_step"] % self.cfg.log_every == 0:
-                self._log_step(terms, seen, time.monotonic() - start)
+            if rate.step():
+                self._log_step(terms, seen, time.monotonic() - start, rate)
             stop, save_due = self._agree_on_stop_and_save()
             if stop:
                 bar.close()
@@ -428,11 +550,12 @@ class Trainer:
         stop, save = dist_utils.all_reduce_sum(votes).tolist()
         return stop > 0, save > 0
 
-    def _log_step(self, terms: Mapping[str, torch.Tensor], seen: int, elapsed: float) -> None:
+    def _log_step(self, terms: Mapping[str, torch.Tensor], seen: int, elapsed: float, rate: RateLog) -> None:
         lr = next(iter(self.task.optimizers.values())).param_groups[0]["lr"]
         text = " ".join(f"{k}={float(v):.5g}" for k, v in terms.items())
-        log.info("epoch %d step %d/%d %s lr=%.3g samples/s=%.1f", self.state["epoch"], self.state["step_in_epoch"],
-                 self.steps_per_epoch, text, lr, seen * self.env.world_size / max(elapsed, 1e-9))
+        log.info("epoch %d step %d/%d %s lr=%.3g samples/s=%.1f %s", self.state["epoch"],
+                 self.state["step_in_epoch"], self.steps_per_epoch, text, lr,
+                 seen * self.env.world_size / max(elapsed, 1e-9), rate.rate_eta())
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> dict[str, float]:
@@ -441,10 +564,14 @@ class Trainer:
                                    world_size=self.env.world_size, pad=False)
         self._set_train_mode(False)
         rows: list[tuple[int, dict[str, float]]] = []
-        for batch in self._loader(dataset, sampler, batch_size or self.batch_size):
+        loader = self._loader(dataset, sampler, batch_size or self.batch_size)
+        rate = RateLog(len(loader), 0, self.cfg.log_every, self.cfg.log_interval_s)
+        for batch in loader:
             batch = _to_device(batch, self.device)
-            with self.stepper.autocast():
+            with self.stepper.autocast(), _named_nondeterminism():
                 values = self.task.eval_step(batch)
+            if rate.step() and self.env.is_main:
+                log.info("evaluating batch %d/%d %s", rate.done, rate.total, rate.rate_eta())
             for i, index in enumerate(batch["index"]):
                 rows.append((int(index), {k: float(v[i]) for k, v in values.items()}))
         gathered = sorted((r for part in dist_utils.all_gather_objects(rows) for r in part), key=lambda r: r[0])

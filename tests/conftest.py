@@ -22,3 +22,15 @@ def tiny_lodopab(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             progress=False)
     prep_lodopab(root / "raw", root / "shards", progress=False)
     return root / "shards"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` need a CUDA device; without one they are skipped (``make gpu-check`` runs them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -3,8 +3,10 @@
 :func:`estimate_memory` builds the model and a batch on PyTorch's ``meta`` device (shapes only, no
 storage), runs one forward pass under :func:`torch.autograd.graph.saved_tensors_hooks` and adds up
 the bytes of every tensor autograd saves for the backward pass (parameters excluded). With gradient
-checkpointing the checkpointed segments save only their inputs, so the estimate drops accordingly;
-the transient recomputation of one segment during backward is *not* included.
+checkpointing the checkpointed segments save only their inputs, so ``activation_bytes`` drops
+accordingly; during backward each segment is recomputed and holds its own saved tensors until its
+backward is done, one segment at a time: ``recompute_bytes`` is the largest segment's (measured by
+running the same model without checkpointing and hooking each segment), and it is part of the total.
 
 Approximations: on ``meta`` scaled_dot_product_attention takes the math path, which keeps the
 attention probabilities, where CPU/CUDA run a fused kernel that keeps only its output and
@@ -16,6 +18,7 @@ Parameter memory assumes float32 weights, float32 gradients and Adam's two float
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -33,16 +36,30 @@ ModelConfig = Union[XRay2CTConfig, Refine256Config, Direct256Config]
 class _Builder:
     model: Callable[[ModelConfig], nn.Module]
     input_shape: Callable[[ModelConfig, int], tuple[int, ...]]
+    segments: Callable[[nn.Module], list[nn.Module]]  # what gradient checkpointing wraps, one call each
 
 
 def _xray_shape(config: XRay2CTConfig, batch: int) -> tuple[int, ...]:
     return (batch, config.n_views, config.xray_size, config.xray_size)
 
 
+def _xray2ct_segments(model: nn.Module) -> list[nn.Module]:
+    return list(model.transformer.blocks)  # type: ignore[union-attr,arg-type]
+
+
+def _direct_segments(model: nn.Module) -> list[nn.Module]:
+    return [*model.transformer.blocks, *model.stages]  # type: ignore[union-attr,misc]
+
+
+def _refine_segments(model: nn.Module) -> list[nn.Module]:
+    return [*model.blocks1, model.up2, *model.blocks2, model.up4, *model.blocks4]  # type: ignore[union-attr,misc]
+
+
 _BUILDERS: dict[type, _Builder] = {
-    XRay2CTConfig: _Builder(XRay2CT64, _xray_shape),  # type: ignore[arg-type]
-    Direct256Config: _Builder(Direct256, lambda c, b: _xray_shape(c.backbone, b)),  # type: ignore[arg-type,attr-defined]
-    Refine256Config: _Builder(Refine256, lambda c, b: (b, 1, c.input_size, c.input_size, c.input_size)),  # type: ignore[arg-type,attr-defined]
+    XRay2CTConfig: _Builder(XRay2CT64, _xray_shape, _xray2ct_segments),  # type: ignore[arg-type]
+    Direct256Config: _Builder(Direct256, lambda c, b: _xray_shape(c.backbone, b), _direct_segments),  # type: ignore[arg-type,attr-defined]
+    Refine256Config: _Builder(Refine256, lambda c, b: (b, 1, c.input_size, c.input_size, c.input_size),  # type: ignore[arg-type,attr-defined]
+                              _refine_segments),
 }
 
 
@@ -63,11 +80,42 @@ def saved_activation_bytes(model: nn.Module, inputs: Tensor) -> int:
     return total
 
 
+def largest_segment_bytes(model: nn.Module, inputs: Tensor, segments: list[nn.Module]) -> int:
+    """Bytes the largest of ``segments`` saves for backward during ``model(inputs)`` (run WITHOUT
+    checkpointing): what backward holds while it recomputes that segment under checkpointing."""
+    parameters = {id(p) for p in model.parameters()}
+    running = [0]
+    starts: dict[int, int] = {}
+    largest = [0]
+
+    def pack(tensor: Tensor) -> Tensor:
+        base = tensor._base if tensor._base is not None else tensor
+        if id(tensor) not in parameters and id(base) not in parameters:
+            running[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def before(module: nn.Module, _args: object) -> None:
+        starts[id(module)] = running[0]
+
+    def after(module: nn.Module, _args: object, _out: object) -> None:
+        largest[0] = max(largest[0], running[0] - starts.pop(id(module)))
+
+    handles = [h for m in segments for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest[0]
+
+
 def estimate_memory(config: ModelConfig, batch_size: int = 1, amp: bool = False) -> dict[str, int]:
     """Training-memory estimate in bytes for one step of the model that ``config`` describes.
 
     Returns ``parameters`` (count), ``parameter_bytes``, ``gradient_bytes``, ``optimizer_bytes``
-    (Adam), ``activation_bytes`` (saved for backward) and ``total_bytes`` (their sum).
+    (Adam), ``activation_bytes`` (saved for backward), ``recompute_bytes`` (gradient checkpointing: the
+    largest segment recomputed during backward; 0 without) and ``total_bytes`` (their sum).
     """
     builder = _BUILDERS.get(type(config))
     if builder is None:
@@ -81,12 +129,18 @@ def estimate_memory(config: ModelConfig, batch_size: int = 1, amp: bool = False)
         inputs = torch.empty(builder.input_shape(config, batch_size), dtype=dtype)
     n_params = sum(p.numel() for p in model.parameters())
     activations = saved_activation_bytes(model, inputs)
+    recompute = 0
+    if getattr(config, "gradient_checkpointing", False):
+        with torch.device("meta"):
+            plain = builder.model(dataclasses.replace(config, gradient_checkpointing=False)).to(dtype).train()
+        recompute = largest_segment_bytes(plain, inputs, builder.segments(plain))
     result = {
         "parameters": n_params,
         "parameter_bytes": 4 * n_params,
         "gradient_bytes": 4 * n_params,
         "optimizer_bytes": 8 * n_params,
         "activation_bytes": activations,
+        "recompute_bytes": recompute,
     }
     result["total_bytes"] = sum(v for k, v in result.items() if k.endswith("_bytes"))
     return result

@@ -33,6 +33,7 @@ also runs on CUDA and is tested there when a GPU is present, but has not been be
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Iterator
 
@@ -44,7 +45,10 @@ from ctpipe.ops.fast_backproject import backproject_gather, forward_project_gath
 from ctpipe.ops.filters import filter_frequencies, ramp_filter, window_values
 from ctpipe.ops.geometry import ParallelBeamGeometry
 
-CHUNK_BUDGET_ELEMENTS = 1 << 22  # per chunk: angles * pixels * (batch + 2), ~16 MiB per float32 temporary
+# Angles per chunk: at most this many grid points (angles x pixels), whatever the batch, so the number of
+# kernel launches per operator is bounded by the geometry alone (~5 per chunk; LoDoPaB: 32 chunks). The
+# chunk's temporaries are angles x pixels x batch values (LoDoPaB, batch 64: ~1 GiB in float32).
+CHUNK_BUDGET_ELEMENTS = 1 << 22
 
 
 # ---- shape checks --------------------------------------------------------------------------------
@@ -61,15 +65,26 @@ def _check_input(tensor: Tensor, expected: tuple[int, int], what: str, function:
 
 
 # ---- sampling grids, one chunk of angles at a time ---------------------------------------------------
-def _chunk_size(geometry: ParallelBeamGeometry, batch: int) -> int:
-    per_angle = geometry.n_pixels**2 * (max(batch, 1) + 2)
-    return max(1, min(geometry.n_angles, CHUNK_BUDGET_ELEMENTS // per_angle))
+def _chunk_size(geometry: ParallelBeamGeometry) -> int:
+    return max(1, min(geometry.n_angles, CHUNK_BUDGET_ELEMENTS // geometry.n_pixels**2))
 
 
-def _chunks(geometry: ParallelBeamGeometry, batch: int) -> Iterator[tuple[int, int]]:
-    step = _chunk_size(geometry, batch)
+def _chunks(geometry: ParallelBeamGeometry) -> Iterator[tuple[int, int]]:
+    step = _chunk_size(geometry)
     for start in range(0, geometry.n_angles, step):
         yield start, min(start + step, geometry.n_angles)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_coordinates(geometry: ParallelBeamGeometry, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(along_x, along_y)`` of shape ``(A, N)``, built once per (geometry, dtype, device) and kept there:
+    the operator loops slice them and copy nothing from the host."""
+    theta = torch.as_tensor(geometry.angles, dtype=torch.float64)
+    centers = torch.as_tensor(geometry.pixel_centers, dtype=torch.float64)
+    scale = 1.0 / geometry.detector_half_width
+    along_x = (torch.cos(theta)[:, None] * centers * scale).to(dtype)
+    along_y = (torch.sin(theta)[:, None] * centers * scale).to(dtype)
+    return along_x.to(device), along_y.to(device)
 
 
 def _grid(geometry: ParallelBeamGeometry, start: int, stop: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -79,13 +94,9 @@ def _grid(geometry: ParallelBeamGeometry, start: int, stop: int, dtype: torch.dt
     midpoints, the normalised detector coordinate of ``s`` is ``s / detector_half_width``; the second
     (height) coordinate is 0 on a one-row "image". Entry ``[i, a, b]`` is pixel ``(x_a, y_b)``.
     """
-    theta = torch.as_tensor(geometry.angles[start:stop], dtype=torch.float64, device=device)
-    centers = torch.as_tensor(geometry.pixel_centers, dtype=torch.float64, device=device)
-    scale = 1.0 / geometry.detector_half_width
-    along_x = (torch.cos(theta)[:, None] * centers * scale).to(dtype)
-    along_y = (torch.sin(theta)[:, None] * centers * scale).to(dtype)
+    along_x, along_y = _grid_coordinates(geometry, dtype, torch.device(device))
     grid = torch.zeros(stop - start, geometry.n_pixels, geometry.n_pixels, 2, dtype=dtype, device=device)
-    torch.add(along_x[:, :, None], along_y[:, None, :], out=grid[..., 0])
+    torch.add(along_x[start:stop, :, None], along_y[start:stop, None, :], out=grid[..., 0])
     return grid
 
 
@@ -101,7 +112,7 @@ def _apply_w(image: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
     batch, n_pix, n_det = image.shape[0], geometry.n_pixels, geometry.n_detector
     pixels = image.reshape(1, batch, n_pix, n_pix)
     out = image.new_empty(geometry.n_angles, batch, 1, n_det)
-    for start, stop in _chunks(geometry, batch):
+    for start, stop in _chunks(geometry):
         grid = _grid(geometry, start, stop, image.dtype, image.device)
         count = stop - start
         shape_only = image.new_empty(count, batch, 1, n_det)
@@ -114,12 +125,12 @@ def _apply_w(image: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
 def _apply_wt(sinogram: Tensor, geometry: ParallelBeamGeometry) -> Tensor:
     """``W^T g``: (B, 1, A, D) -> (B, 1, N, N), unscaled (sum over angles of interpolated values)."""
     batch, n_pix = sinogram.shape[0], geometry.n_pixels
-    rows = sinogram.reshape(batch, geometry.n_angles, 1, geometry.n_detector).transpose(0, 1)  # (A, B, 1, D)
+    rows = sinogram.reshape(batch, geometry.n_angles, 1, geometry.n_detector).transpose(0, 1).contiguous()  # (A, B, 1, D)
     acc = sinogram.new_zeros(batch, n_pix, n_pix)
-    for start, stop in _chunks(geometry, batch):
+    for start, stop in _chunks(geometry):
         grid = _grid(geometry, start, stop, sinogram.dtype, sinogram.device)
         values = F.grid_sample(
-            rows[start:stop].contiguous(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            rows[start:stop], grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
         acc += values.sum(0)
     return acc.reshape(batch, 1, n_pix, n_pix)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
-from ctpipe.distributed import DistEnv
+from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.models.direct256 import Direct256, Direct256Config
 from ctpipe.models.xray2ct import XRAY2CT_TINY
 from ctpipe.stages.base import Stage
@@ -105,6 +105,7 @@ class Direct256Task:
             self.model.load_stage1_state_dict(stage1.state_dict())
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"model": self.model}
+        self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, len(self.model.heads))
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim), "init_from_stage1": cfg.init_from_stage1,

@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
-from ctpipe.distributed import DistEnv
+from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config, trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.stage1_64 import TRILINEAR_MODEL, load_best
@@ -124,6 +124,8 @@ class Refine256Task:
             freeze_finest_branch(self.model)
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"refine": self.model}
+        n_supervised = 3 if self.high_size == 4 * low else 2  # the 4x branch is frozen for a 2x target
+        self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, n_supervised)
         self.optimizers = {"refine": build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim), "stage1_sha256": sha256_file(cfg.stage1_checkpoint),

@@ -20,7 +20,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
-from ctpipe.distributed import DistEnv
+from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.models.refine256 import trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.xray2ct_common import (
@@ -78,6 +78,7 @@ class Stage1Task:
         self.model = Stage1Net(self.network, n_aux=len(cfg.loss.scale_weights) - 1)
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"model": self.model}
+        self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, len(cfg.loss.scale_weights))
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim)}

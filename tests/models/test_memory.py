@@ -44,3 +44,21 @@ def test_full_size_models_are_estimated_without_allocating():
 def test_unknown_config_type_is_refused():
     with pytest.raises(TypeError, match="no model for config type"):
         estimate_memory(object(), 1)  # type: ignore[arg-type]
+
+
+def test_checkpointing_rows_include_the_largest_recomputed_segment():
+    config = dataclasses.replace(REFINE256_TINY, gradient_checkpointing=True)
+    estimate = estimate_memory(config, batch_size=2)
+    # independently: each checkpointed segment of the real model on CPU, fed its real input
+    torch.manual_seed(0)
+    model, x = Refine256(REFINE256_TINY), torch.rand(2, 1, 8, 8, 8)
+    segments = []
+    f = model.stem(x).detach()
+    for stage in [*model.blocks1, model.up2, *model.blocks2, model.up4, *model.blocks4]:
+        segments.append(saved_activation_bytes(stage, f))
+        f = stage(f).detach()
+    assert estimate["recompute_bytes"] == max(segments) > 0
+    assert estimate["total_bytes"] == sum(v for k, v in estimate.items() if k.endswith("_bytes") and k != "total_bytes")
+    assert estimate_memory(REFINE256_TINY, batch_size=2)["recompute_bytes"] == 0
+    direct = estimate_memory(dataclasses.replace(DIRECT256_TINY, gradient_checkpointing=True), 1)
+    assert direct["recompute_bytes"] > 0

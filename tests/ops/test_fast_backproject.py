@@ -101,8 +101,8 @@ def test_grid_sample_chunking_changes_nothing(monkeypatch):
     geometry = GEOMETRIES["fold4_even"]
     image, _ = _random(geometry, 2, torch.float64, seed=4)
     reference = forward_project(image, geometry, method="grid_sample")
-    monkeypatch.setattr(projector, "CHUNK_BUDGET_ELEMENTS", 7 * 64 * 64 * 4)
-    assert projector._chunk_size(geometry, 2) == 7
+    monkeypatch.setattr(projector, "CHUNK_BUDGET_ELEMENTS", 7 * 64 * 64)
+    assert projector._chunk_size(geometry) == 7
     torch.testing.assert_close(forward_project(image, geometry, method="grid_sample"), reference)
 
 
@@ -171,7 +171,7 @@ def test_fbp_gather_equals_fbp_grid_sample_on_a_phantom():
 
 
 # ---- CUDA (runs only where a GPU exists) ----------------------------------------------------------------------
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine; the CPU tests cover the maths")
+@pytest.mark.cuda  # skipped without a device (tests/conftest.py); `make gpu-check` runs it
 def test_gather_on_cuda_equals_cpu():
     geometry = GEOMETRIES["fold4_even"]
     image, sinogram = _random(geometry, 3, torch.float64, seed=9)
