@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import math
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch.optim import Optimizer
@@ -59,6 +60,31 @@ class EpochScheduler:
                 self.impl.step(metric)
         elif self.cfg.name in ("cosine", "linear_decay"):
             self.impl.step()
+
+    def rescale_base_lrs(self, optimizer: Optimizer, factors: Sequence[float]) -> None:
+        """Move a restored optimizer/scheduler pair to new base learning rates (``factors``: new / old, one per
+        param group), so that from here on the lr is what a run started with the new base lr would have now.
+
+        Cosine, OneCycle, linear decay and a constant lr are functions of (base lr, step): their base values are
+        scaled and the current lr recomputed from them (cosine's floor ``min_lr`` stays where the config puts
+        it). Plateau depends on the history of the metric: its current lr is scaled, never below ``min_lr``.
+        """
+        for group, factor in zip(optimizer.param_groups, factors):
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):  # max/min_lr: OneCycle's cycle ends
+                if isinstance(group.get(key), float):
+                    group[key] *= factor
+        if self.impl is None:
+            return
+        if self.cfg.name == "plateau":
+            for group, floor in zip(optimizer.param_groups, self.impl.min_lrs):
+                group["lr"] = max(group["lr"], floor)
+        else:
+            self.impl.base_lrs = [lr * f for lr, f in zip(self.impl.base_lrs, factors)]
+        if self.cfg.name == "cosine":
+            cos = (1 + math.cos(math.pi * self.impl.last_epoch / self.impl.T_max)) / 2
+            for group, base in zip(optimizer.param_groups, self.impl.base_lrs):
+                group["lr"] = self.impl.eta_min + (base - self.impl.eta_min) * cos
+        self.impl._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.impl is None else self.impl.state_dict()

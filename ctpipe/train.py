@@ -338,6 +338,9 @@ class Trainer:
         steps = math.ceil(len(self.sampler.rank_indices()) / batch_size)
         self.steps_per_epoch = min(steps, cfg.max_steps_per_epoch or steps)
         optimizer_steps = math.ceil(self.steps_per_epoch / cfg.grad_accum)
+        # The configured learning rates, read before the schedulers touch the param groups: a resume with
+        # --force-resume and another optim.lr compares them with the checkpoint's and applies the change.
+        self.base_lrs = {name: [float(g["lr"]) for g in opt.param_groups] for name, opt in task.optimizers.items()}
         self.schedulers = {name: EpochScheduler(opt, sched_cfg, cfg.epochs, optimizer_steps)
                            for name, opt in task.optimizers.items()}
         self.train_modules = self._wrap_modules()
@@ -380,6 +383,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.task.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "scaler": self.stepper.scaler.state_dict(),
+            "base_lrs": self.base_lrs,
             "micro_step": self.stepper.micro_step,
             "fingerprint": json.dumps(self.task.fingerprint, sort_keys=True),
             "runtime": self._runtime(),
@@ -435,11 +439,30 @@ class Trainer:
             sched.load_state_dict(saved["schedulers"][name])
         self.stepper.scaler.load_state_dict(saved["scaler"])
         self.stepper.micro_step = saved["micro_step"]
+        self._apply_changed_lrs(saved.get("base_lrs"), path)
         self.state = {k: saved[k] for k in self._fresh_state() if k not in self._RANK_KEYS}
         self.state.update(self._rank_state(saved["rank_states"], path))
         log.info("resumed from %s at epoch %d step %d", path, self.state["epoch"], self.state["step_in_epoch"])
         self.event("resumed", path=str(path), epoch=self.state["epoch"], step=self.state["step_in_epoch"])
         return path
+
+    def _apply_changed_lrs(self, saved_lrs: dict[str, list[float]] | None, path: Path) -> None:
+        """A resume whose configured learning rates differ from the checkpoint's (only possible with
+        --force-resume, the fingerprint holds them) continues with the new ones, recorded in events.jsonl.
+
+        Without this the restored optimizer/scheduler state would silently keep the old rates while
+        config.json said otherwise. Checkpoints written before base rates were saved keep their rates."""
+        if saved_lrs is None:
+            return
+        for name, new in self.base_lrs.items():
+            old = saved_lrs.get(name, new)
+            if list(old) == new:
+                continue
+            self.schedulers[name].rescale_base_lrs(self.task.optimizers[name], [n / o for n, o in zip(new, old)])
+            now = [g["lr"] for g in self.task.optimizers[name].param_groups]
+            log.warning("%s: optimizer %r continues with base lr %s instead of the checkpoint's %s (lr now %s)",
+                        path, name, new, old, now)
+            self.event("lr_changed", optimizer=name, old_base_lr=list(old), new_base_lr=new, lr_now=now)
 
     def _refuse_lost_history(self, unreadable: list[str]) -> None:
         """No readable checkpoint: fine for a new run folder, an error when the folder shows earlier training
