@@ -262,9 +262,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 # ---- train / submit ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> None:
+    from ctpipe.presets import preset_overrides
     from ctpipe.runner import run_stage
 
-    result = run_stage(args.stage, Path(args.run_dir), args.overrides, args.config, args.force_resume)
+    overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
+    result = run_stage(args.stage, Path(args.run_dir), overrides, args.config, args.force_resume)
     print(json.dumps(result.__dict__))
     if result.status == "preempted":
         sys.exit(int(os.environ.get("CTPIPE_PREEMPT_EXIT_CODE", 3)))
@@ -272,10 +274,12 @@ def _train(args: argparse.Namespace) -> None:
 
 def _submit(args: argparse.Namespace) -> None:
     from ctpipe.launch import Resources, submit_training, wait_all
+    from ctpipe.presets import preset_overrides
 
     res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
-    jobs = submit_training(args.stage, args.overrides, args.array or (), args.executor, args.run_dir, res, args.config)
+    overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
+    jobs = submit_training(args.stage, overrides, args.array or (), args.executor, args.run_dir, res, args.config)
     for job in jobs:
         print(f"submitted {args.stage} job {job.job_id}")
     if args.wait:
@@ -289,6 +293,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("--config", default=None, help="config JSON (default: jobs/configs/<stage>.json)")
     p.add_argument("--force-resume", action="store_true", help="resume even if model/optimizer settings changed")
+    _add_preset_flag(p)
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_train)
     p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default); "
@@ -307,7 +312,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--cpus-per-task", type=int, default=2)
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    _add_preset_flag(p)
     p.set_defaults(func=_submit)
+    p = sub.add_parser("presets", help="list the --preset override sets per stage and the prep commands they expect")
+    p.set_defaults(func=_presets)
+
+
+def _add_preset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="a named override set applied before the overrides, e.g. cpu-tiny "
+                   "(a CPU-sized run for the test cluster; `ctpipe presets` lists them)")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    from ctpipe.presets import describe
+
+    print(describe())
 
 
 # ---- submit pipeline -------------------------------------------------------------------------------------
