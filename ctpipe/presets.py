@@ -20,7 +20,7 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
     "cpu-tiny": {
         "stage1_64": _XRAY,
         "refine_256": (*_XRAY, "loss.scale_weights=[0.5,1.0]"),
-        "direct_256": (*_XRAY, "loss.scale_weights=[0.5,1.0]"),
+        "direct_256": _XRAY,
         "fbp_window": _LODOPAB,
         "fbp_unet": (*_LODOPAB, "train.segment_epochs=1", "train.early_stopping_patience=null", "model.size=tiny",
                      "loss.ms_ssim_fallback=ssim"),

@@ -13,7 +13,7 @@
 #
 # Environment read by ctpipe_train_stage (all optional):
 #   RUN_NAME   run folder name (default "default"); the folder, not the job id, identifies the run.
-#   CONFIG     config file for the FIRST start (default jobs/configs/STAGE.json).
+#   CONFIG     config file for the FIRST start (default: the packaged jobs/configs/STAGE.json).
 #   PRESET     a named override set for the first start, e.g. PRESET=cpu-tiny (see `ctpipe presets`).
 # A run folder that holds config.json is a resume (requeue, preemption, next segment, resubmission): the job
 # then trains from that saved config.json, and CONFIG/PRESET are not read again.  Overrides given as script
@@ -41,12 +41,11 @@ ctpipe_train_stage() {
     if [[ -f "$run_dir/config.json" ]]; then
         echo "$stage: resuming ${run_dir} from its saved config.json (CONFIG/PRESET are not re-read)"
     else
-        local config="${CONFIG:-$CTPIPE_REPO/jobs/configs/$stage.json}"
-        if [[ ! -f "$config" ]]; then
-            _ctpipe_err "CONFIG=$config: no such file (give a config JSON, or unset CONFIG for the packaged one)"
+        if [[ -n "${CONFIG:-}" && ! -f "$CONFIG" ]]; then
+            _ctpipe_err "CONFIG=$CONFIG: no such file (give a config JSON, or unset CONFIG for the packaged one)"
             return 2
         fi
-        first=(--config "$config")
+        if [[ -n "${CONFIG:-}" ]]; then first=(--config "$CONFIG"); fi
         if [[ -n "${PRESET:-}" ]]; then first+=(--preset "$PRESET"); fi
     fi
     echo "$stage: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}, ${first[*]:-resume}, overrides: $*"

@@ -54,6 +54,12 @@ def test_cpu_tiny_stage1_runs_on_the_documented_tiny_data(tmp_path: Path, caplog
     assert (run / "eval").is_dir()
     starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("start stage1_64:")]
     assert len(starts) == 1 and "rank=0/1" in starts[0] and "device=cpu (CPU)" in starts[0] and "amp=none" in starts[0]
+    # the 256^3 stages' presets fit the same tiny data (16^3 -> 32^3)
+    best = run / "checkpoints" / "best.pt"
+    for stage, extra in (("refine_256", f"stage1_checkpoint={best}"), ("direct_256", f"init_from_stage1={best}")):
+        main(["train", stage, "--preset", "cpu-tiny", f"data.root={shards}", extra, "train.max_steps_per_epoch=1",
+              "train.epochs=1", "--run-dir", str(tmp_path / stage)])
+        assert (tmp_path / stage / "eval").is_dir()
 
 
 def test_startup_line_names_host_rank_device_amp() -> None:
