@@ -338,7 +338,7 @@ def _submit_pipeline(args: argparse.Namespace) -> None:
                       samples_per_file=args.synth_per_file, seed=args.seed)
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     plan = plan_pipeline(args.family, args.name, args.src, synth, stages, args.overrides, args.array or (),
-                         args.prep_tasks, args.shards)
+                         args.prep_tasks, args.shards, args.preset)
     res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
     submitted = submit_pipeline(plan, args.executor, res, say=lambda line: print(line, flush=True))
@@ -360,12 +360,17 @@ def _pipeline_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="names data/<name>, runs/<name>, results/<name> (default: family)")
     p.add_argument("--src", default=None, help="raw data folder; without it a small synthetic set is written first")
     p.add_argument("--shards", default=None, help="shard-set folder (default data/<name>/shards)")
-    p.add_argument("--n-synth", type=int, default=64, help="synthetic slices when --src is absent")
-    p.add_argument("--synth-pixels", type=int, default=64, help="synthetic image size (lodopab().scaled)")
+    p.add_argument("--n-synth", type=int, default=64, help="synthetic slices (lodopab), CT volumes (xray2ct) or "
+                   "training patients (phases) when --src is absent")
+    p.add_argument("--synth-pixels", type=int, default=64, help="synthetic image size (lodopab().scaled; CT edge; "
+                   "phases slice edge)")
     p.add_argument("--synth-angles", type=int, default=60, help="synthetic projection angles")
     p.add_argument("--synth-per-file", type=int, default=16, help="synthetic slices per raw file (= per shard)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    p.add_argument("--stages", default=None, help="comma-separated stages to train (default: fbp_window)")
+    p.add_argument("--stages", default=None, help="comma-separated stages to train (default: lodopab fbp_window; "
+                   "xray2ct stage1_64,refine_256,direct_256; phases pix2pix_phase); lodopab fbp_window,fbp_unet: the "
+                   "learned window, then fbp_unet on it beside the Hann-0.641 variant")
+    _add_preset_flag(p)
     p.add_argument("--array", action="append", help="sweep key=v1,v2 (repeatable: cartesian product)")
     p.add_argument("--prep-tasks", type=int, default=8, help="prep array size cap (default 8)")
     p.add_argument("--timeout-min", type=int, default=60, help="training jobs' time limit")
