@@ -309,13 +309,43 @@ def _step_resources(name: str, cpus: int, timeout_min: int) -> Resources:
     return Resources(timeout_min=timeout_min, cpus_per_task=cpus, job_name=name)
 
 
+def max_array_size(scontrol_config: str | None = None) -> int | None:
+    """The cluster's ``MaxArraySize`` (array indices must stay below it) from ``scontrol show config``; None when
+    scontrol is missing or does not say."""
+    import re
+    import subprocess
+
+    if scontrol_config is None:
+        try:
+            scontrol_config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                             timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+    found = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", scontrol_config, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def split_array(indices: Sequence[int], max_size: int | None) -> list[list[int]]:
+    """``indices`` in chunks of at most ``max_size`` (one array job each); one chunk when there is no limit."""
+    indices = list(indices)
+    if not max_size or len(indices) <= max_size:
+        return [indices]
+    return [indices[k:k + max_size] for k in range(0, len(indices), max_size)]
+
+
 def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int) -> list[Any]:
+    """The prep array: one task per shard group (task i converts the groups g with g % n == i). On SLURM an
+    array longer than the cluster's MaxArraySize goes in several arrays (each task keeps its global index)."""
     n_tasks = count_prep_tasks(plan)
     prep_ex = make_executor(executor_kind, plan.runs / "submitit" / "prep",
                             _step_resources(f"prep_{plan.family}", prep_cpus, 120))
     job: Any = (PrepLodopabJob(plan.raw, plan.shards, n_tasks) if plan.family == "lodopab"
                 else PrepCliJob(_prep_argv(plan), n_tasks))
-    return prep_ex.map_array(job, list(range(n_tasks)))
+    limit = max_array_size() if executor_kind == "slurm" else None
+    jobs: list[Any] = []
+    for chunk in split_array(range(n_tasks), limit):
+        jobs += prep_ex.map_array(job, chunk)
+    return jobs
 
 
 def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",

@@ -69,3 +69,13 @@ def test_local_phases_pipeline_trains_and_infers_the_test_volumes(workdir: Path)
     inference = workdir / "results" / "phases" / "inference"
     metrics = pd.read_csv(inference / "metrics.csv")
     assert len(list(inference.glob("*.nii.gz"))) == 2 and len(metrics) >= 2
+
+
+def test_prep_arrays_are_split_below_max_array_size() -> None:
+    from ctpipe.pipeline import max_array_size, split_array
+
+    assert max_array_size("ClusterName = x\nMaxArraySize            = 16\nMaxJobCount = 10000\n") == 16
+    assert max_array_size("ClusterName = x\n") is None
+    assert split_array(range(20), 16) == [list(range(16)), [16, 17, 18, 19]]
+    assert split_array(range(5), 16) == [list(range(5))]
+    assert split_array(range(5), None) == [list(range(5))]

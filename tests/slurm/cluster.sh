@@ -16,6 +16,8 @@
 #   CTPIPE_SLURM_CPUS     CPUs the node advertises (default 4; may exceed the real count)
 #   CTPIPE_SLURM_MEM_MB   RealMemory of the node in MB (default 4000)
 #   CTPIPE_SLURM_TIMEOUT  seconds allowed for each wait (default 60)
+#   CTPIPE_SLURM_MAX_ARRAY  MaxArraySize (default 16: the sbatch/ prep arrays 0-15 fit, and the tests can
+#                         check that a longer prep array is split into several)
 set -euo pipefail
 
 CMD="${1:-}"
@@ -23,6 +25,7 @@ STATE="${2:-${CTPIPE_SLURM_STATE:-/tmp/ctpipe-slurm}}"
 CPUS="${CTPIPE_SLURM_CPUS:-4}"
 MEM_MB="${CTPIPE_SLURM_MEM_MB:-4000}"
 TIMEOUT="${CTPIPE_SLURM_TIMEOUT:-60}"
+MAX_ARRAY="${CTPIPE_SLURM_MAX_ARRAY:-16}"
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 NEEDED_COMMANDS=(slurmctld slurmd slurmdbd sinfo sbatch sacct scontrol munged munge unmunge mariadbd mariadb-install-db mariadb)
 
@@ -141,6 +144,7 @@ JobRequeue=1
 KillWait=10
 InactiveLimit=0
 MinJobAge=300
+MaxArraySize=$MAX_ARRAY
 SlurmdParameters=config_overrides
 SlurmctldPort=6817
 SlurmdPort=6818

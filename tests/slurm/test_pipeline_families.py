@@ -106,3 +106,23 @@ def test_a_failed_training_step_cancels_the_rest_of_the_dag(pipelines: dict[str,
     for step in ("refine_256", "direct_256", "aggregate", "infer"):
         assert set(states[step].values()) == {"CANCELLED"}, states
     assert final == "CANCELLED"
+
+
+def test_prep_array_longer_than_max_array_size_is_split(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """20 raw file pairs, --prep-tasks 20 on a cluster with MaxArraySize=16 (tests/slurm/cluster.sh): two arrays
+    (16 + 4 tasks, global task indices), all COMPLETED, one shard per pair; training waits for both."""
+    from ctpipe.pipeline import max_array_size
+
+    limit = max_array_size()
+    assert limit == 16, "tests/slurm/cluster.sh sets MaxArraySize=16"
+    submitted = _submit(slurm_cluster, tmp_path, ["lodopab", "--n-synth", "40", "--synth-pixels", "32",
+                                                  "--synth-angles", "24", "--synth-per-file", "2", "--prep-tasks",
+                                                  "20", "--executor", "slurm", "--cpus-per-task", "1",
+                                                  "--timeout-min", "15", "train.epochs=1", "train.device=cpu"])
+    arrays = sorted({j.split("_")[0] for j in submitted["prep"]}, key=int)
+    assert len(arrays) == 2 and len(submitted["prep"]) == 20
+    assert slurm_cluster.wait(submitted["aggregate"], JOB_TIMEOUT_S) == "COMPLETED", _logs(tmp_path)
+    states = {**slurm_cluster.sacct_states(arrays[0]), **slurm_cluster.sacct_states(arrays[1])}
+    assert len(states) == 20 and set(states.values()) == {"COMPLETED"}
+    manifest = json.loads((tmp_path / "data" / "lodopab" / "shards" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 20

@@ -75,8 +75,8 @@ def test_stage1_script_preempted_resumes_identically(runs: dict[str, object], sl
     assert "preempted" in kinds and "resumed" in kinds and kinds[-2:] == ["fit_end", "evaluated"], kinds
     states = [a[1] for a in sacct_attempts(slurm_cluster, jobs[name])]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
-    log = _log(repo, jobs[name])
-    assert "resuming runs/stage1_64/" + name + " from its saved config.json" in log
+    log = (repo / "logs" / f"stage1_64-{jobs[name]}.out").read_text()
+    assert "resuming runs/stage1_64/" + name + " from its saved config.json" in log  # the requeued attempt
     assert (run_dir / "history.csv").read_text() == (reference / "history.csv").read_text()
     ours = load_checkpoint(run_dir / "checkpoints" / LATEST)["models"]
     theirs = load_checkpoint(reference / "checkpoints" / LATEST)["models"]
