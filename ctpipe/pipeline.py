@@ -55,8 +55,10 @@ FAMILIES: dict[str, Family] = {
     # UNet on the Hann-0.641 FBP (exp. 4)
     "lodopab": Family("lodopab", stages=("fbp_window", "fbp_unet"), default_stages=("fbp_window",), steps=(
         TrainStep("fbp_window", "fbp_window"),
-        TrainStep("fbp_unet/learned_window", "fbp_unet", uses=(("model.window_checkpoint", "fbp_window"),)),
-        TrainStep("fbp_unet/hann", "fbp_unet"),
+        # one job trains the whole run (the packaged segments are for RESUBMIT=1 sbatch chains)
+        TrainStep("fbp_unet/learned_window", "fbp_unet", uses=(("model.window_checkpoint", "fbp_window"),),
+                  extra=("train.segment_epochs=null",)),
+        TrainStep("fbp_unet/hann", "fbp_unet", extra=("train.segment_epochs=null",)),
     )),
     "xray2ct": Family("xray2ct", stages=("stage1_64", "refine_256", "direct_256"),
                       default_stages=("stage1_64", "refine_256", "direct_256"), steps=(

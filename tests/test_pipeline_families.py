@@ -38,6 +38,24 @@ def test_lodopab_chain_plans_the_learned_window_before_its_unet(workdir: Path) -
 
 
 @pytest.mark.slow
+def test_local_lodopab_chain_trains_the_unet_on_the_learned_window_and_on_hann(workdir: Path) -> None:
+    main(["submit", "pipeline", "lodopab", "--executor", "local", "--stages", "fbp_window,fbp_unet", "--preset",
+          "cpu-tiny", "--n-synth", "40", "--synth-pixels", "32", "--synth-angles", "24", "--prep-tasks", "2",
+          "train.max_steps_per_epoch=2"])
+    runs = workdir / "runs" / "lodopab"
+    learned = json.loads((runs / "fbp_unet" / "learned_window" / "config.json").read_text())
+    hann = json.loads((runs / "fbp_unet" / "hann" / "config.json").read_text())
+    assert learned["model"]["window_checkpoint"] == str(runs / "fbp_window" / "checkpoints" / "best.pt")
+    assert hann["model"]["window_checkpoint"] is None
+    for run in ("fbp_unet/learned_window", "fbp_unet/hann"):
+        ends = [json.loads(line) for line in (runs / run / "events.jsonl").read_text().splitlines()]
+        assert [e["status"] for e in ends if e["event"] == "fit_end"] == ["completed"], run  # no segments
+    summary = pd.read_csv(workdir / "results" / "lodopab" / "summary.csv")
+    assert {"learned_window", "fbp_hann", "fbp_unet"} <= set(summary.model)
+    assert {Path(r).name for r in summary.run} == {"fbp_window", "learned_window", "hann"}
+
+
+@pytest.mark.slow
 def test_local_xray2ct_pipeline_trains_compares_and_writes_an_example_nifti(
         workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["submit", "pipeline", "xray2ct", "--executor", "local", "--preset", "cpu-tiny", "--n-synth", "8",
