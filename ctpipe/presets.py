@@ -33,7 +33,8 @@ PRESETS: dict[str, dict[str, tuple[str, ...]]] = {
 # The `ctpipe prep` arguments that make shard sets matching ``cpu-tiny`` (per family).
 CPU_TINY_DATA: dict[str, tuple[str, ...]] = {
     "xray2ct": ("prep synth-ct --n 10 --size 32 --spacing-mm 10", "prep drr --xray-size 32 --volume-sizes 16,32"),
-    "phases": ("prep synth-phases --n 6 --size 64 --n-slices 16", "prep nifti-pairs --size 64 --split-fractions 0.6,0.2,0.2"),
+    "phases": ("prep synth-phases --n 6 --size 64 --n-slices 16",
+               "prep nifti-pairs --size 64 --split-fractions 0.6,0.2,0.2"),
     "lodopab": ("prep synth-lodopab (geometry scaled to 32 px, 24 angles: ctpipe submit pipeline lodopab "
                 "--synth-pixels 32 --synth-angles 24)",),
 }

@@ -48,7 +48,8 @@ ctpipe_train_stage() {
         if [[ -n "${CONFIG:-}" ]]; then first=(--config "$CONFIG"); fi
         if [[ -n "${PRESET:-}" ]]; then first+=(--preset "$PRESET"); fi
     fi
-    echo "$stage: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}, ${first[*]:-resume}, overrides: $*"
+    echo "$stage: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}," \
+        "${first[*]:-resume}, overrides: $*"
     # Overrides come right after the stage (before the options): `ctpipe train` takes them as one positional list.
     ctpipe_srun python -m ctpipe.cli train "$stage" "data.root=$shards" "$@" "${first[@]}" --run-dir "$run_dir" ||
         ctpipe_requeue_if_preempted $?

@@ -170,7 +170,8 @@ def test_fbp_unet_resubmission_keeps_the_command_line_options(chains: dict[str, 
         out = slurm_cluster.run("sacct", "-n", "-P", "-X", "-j", job, "-o", "Timelimit,Partition,ReqCPUS,JobName")
         rows[job] = out.strip().splitlines()[-1].split("|")
     assert rows[second] == rows[first] == ["00:09:00", "debug", "1", "fbp_unet"]
-    events = [json.loads(line) for line in (repo / "runs" / "fbp_unet" / "default" / "events.jsonl").read_text().splitlines()]
+    events_file = repo / "runs" / "fbp_unet" / "default" / "events.jsonl"
+    events = [json.loads(line) for line in events_file.read_text().splitlines()]
     ends = [e["status"] for e in events if e["event"] == "fit_end"]
     assert ends == ["segment_done", "completed"]  # one segment per job, the second resumed the first
     assert (repo / "runs" / "fbp_unet" / "default" / "eval").is_dir()
