@@ -262,9 +262,11 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 # ---- train / submit ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> None:
+    from ctpipe.presets import preset_overrides
     from ctpipe.runner import run_stage
 
-    result = run_stage(args.stage, Path(args.run_dir), args.overrides, args.config, args.force_resume,
+    overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
+    result = run_stage(args.stage, Path(args.run_dir), overrides, args.config, args.force_resume,
                        restart=args.restart)
     print(json.dumps(result.__dict__))
     if result.status == "preempted":
@@ -273,10 +275,12 @@ def _train(args: argparse.Namespace) -> None:
 
 def _submit(args: argparse.Namespace) -> None:
     from ctpipe.launch import Resources, submit_training, wait_all
+    from ctpipe.presets import preset_overrides
 
     res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
-    jobs = submit_training(args.stage, args.overrides, args.array or (), args.executor, args.run_dir, res, args.config)
+    overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
+    jobs = submit_training(args.stage, overrides, args.array or (), args.executor, args.run_dir, res, args.config)
     for job in jobs:
         print(f"submitted {args.stage} job {job.job_id}")
     if args.wait:
@@ -293,6 +297,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--restart", action="store_true",
                    help="move the run folder's old content to RUN_DIR/archive-<time>/ and train anew (e.g. when "
                         "no checkpoint of it is readable)")
+    _add_preset_flag(p)
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_train)
     p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default); "
@@ -311,7 +316,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus-per-node", type=int, default=0)
     p.add_argument("--cpus-per-task", type=int, default=2)
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    _add_preset_flag(p)
     p.set_defaults(func=_submit)
+    p = sub.add_parser("presets", help="list the --preset override sets per stage and the prep commands they expect")
+    p.set_defaults(func=_presets)
+
+
+def _add_preset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=None, help="a named override set applied before the overrides, e.g. cpu-tiny "
+                   "(a CPU-sized run for the test cluster; `ctpipe presets` lists them)")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    from ctpipe.presets import describe
+
+    print(describe())
 
 
 # ---- submit pipeline -------------------------------------------------------------------------------------
@@ -323,7 +342,7 @@ def _submit_pipeline(args: argparse.Namespace) -> None:
                       samples_per_file=args.synth_per_file, seed=args.seed)
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     plan = plan_pipeline(args.family, args.name, args.src, synth, stages, args.overrides, args.array or (),
-                         args.prep_tasks, args.shards)
+                         args.prep_tasks, args.shards, args.preset)
     res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
     submitted = submit_pipeline(plan, args.executor, res, say=lambda line: print(line, flush=True))
@@ -345,12 +364,17 @@ def _pipeline_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="names data/<name>, runs/<name>, results/<name> (default: family)")
     p.add_argument("--src", default=None, help="raw data folder; without it a small synthetic set is written first")
     p.add_argument("--shards", default=None, help="shard-set folder (default data/<name>/shards)")
-    p.add_argument("--n-synth", type=int, default=64, help="synthetic slices when --src is absent")
-    p.add_argument("--synth-pixels", type=int, default=64, help="synthetic image size (lodopab().scaled)")
+    p.add_argument("--n-synth", type=int, default=64, help="synthetic slices (lodopab), CT volumes (xray2ct) or "
+                   "training patients (phases) when --src is absent")
+    p.add_argument("--synth-pixels", type=int, default=64, help="synthetic image size (lodopab().scaled; CT edge; "
+                   "phases slice edge)")
     p.add_argument("--synth-angles", type=int, default=60, help="synthetic projection angles")
     p.add_argument("--synth-per-file", type=int, default=16, help="synthetic slices per raw file (= per shard)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
-    p.add_argument("--stages", default=None, help="comma-separated stages to train (default: fbp_window)")
+    p.add_argument("--stages", default=None, help="comma-separated stages to train (default: lodopab fbp_window; "
+                   "xray2ct stage1_64,refine_256,direct_256; phases pix2pix_phase); lodopab fbp_window,fbp_unet: the "
+                   "learned window, then fbp_unet on it beside the Hann-0.641 variant")
+    _add_preset_flag(p)
     p.add_argument("--array", action="append", help="sweep key=v1,v2 (repeatable: cartesian product)")
     p.add_argument("--prep-tasks", type=int, default=8, help="prep array size cap (default 8)")
     p.add_argument("--timeout-min", type=int, default=60, help="training jobs' time limit")

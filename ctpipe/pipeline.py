@@ -28,27 +28,61 @@ PIPELINE_FILE = "pipeline.json"
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """One training job of a family's chain: ``stage`` trained in ``runs/<name>/<key>``.
+
+    ``uses``: (override key, step key) pairs; the override is set to that step's ``checkpoints/best.pt`` and
+    the job starts only after that step succeeded (``afterok``); ``extra``: fixed overrides of this step."""
+
+    key: str
+    stage: str
+    uses: tuple[tuple[str, str], ...] = ()
+    extra: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
-    """A data family: the stages trained on its shard set and the ones a pipeline trains by default."""
+    """A data family: its stages, the ones a pipeline trains by default, and the chain's training steps."""
 
     name: str
     stages: tuple[str, ...]
     default_stages: tuple[str, ...]
+    steps: tuple[TrainStep, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
-    "lodopab": Family("lodopab", stages=("fbp_window", "fbp_unet"), default_stages=("fbp_window",)),
+    # the source experiments' order: learned window (exp. 1) -> UNet on the frozen learned window, beside the
+    # UNet on the Hann-0.641 FBP (exp. 4)
+    "lodopab": Family("lodopab", stages=("fbp_window", "fbp_unet"), default_stages=("fbp_window",), steps=(
+        TrainStep("fbp_window", "fbp_window"),
+        # one job trains the whole run (the packaged segments are for RESUBMIT=1 sbatch chains)
+        TrainStep("fbp_unet/learned_window", "fbp_unet", uses=(("model.window_checkpoint", "fbp_window"),),
+                  extra=("train.segment_epochs=null",)),
+        TrainStep("fbp_unet/hann", "fbp_unet", extra=("train.segment_epochs=null",)),
+    )),
+    "xray2ct": Family("xray2ct", stages=("stage1_64", "refine_256", "direct_256"),
+                      default_stages=("stage1_64", "refine_256", "direct_256"), steps=(
+        TrainStep("stage1_64", "stage1_64"),
+        TrainStep("refine_256", "refine_256", uses=(("stage1_checkpoint", "stage1_64"),)),
+        TrainStep("direct_256", "direct_256", uses=(("init_from_stage1", "stage1_64"),)),
+    )),
+    "phases": Family("phases", stages=("pix2pix_phase",), default_stages=("pix2pix_phase",),
+                     steps=(TrainStep("pix2pix_phase", "pix2pix_phase"),)),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthSpec:
-    """A small synthetic LoDoPaB-format raw set, for running the pipeline without the real data."""
+    """Small synthetic raw data in the family's layout, for running the pipeline without the real data.
 
-    n: int = 64                 # slices over train/validation/test (80/10/10)
-    n_pixels: int = 64          # geometry lodopab().scaled(n_pixels, n_angles)
+    lodopab: ``n`` slices (80/10/10), geometry ``lodopab().scaled(n_pixels, n_angles)``, ``samples_per_file``
+    per raw file pair; xray2ct: ``n`` CT volumes of ``n_pixels``^3 (NIfTI, HU); phases: ``n`` training patients
+    plus 2 test patients (trainA/B, testA/B), ``n_pixels``^2 x 16 slices."""
+
+    n: int = 64
+    n_pixels: int = 64
     n_angles: int = 60
-    samples_per_file: int = 16  # one raw file pair -> one shard
+    samples_per_file: int = 16
     seed: int = 0
 
 
@@ -58,15 +92,20 @@ class PipelinePlan:
 
     family: str
     name: str
-    raw: Path                      # raw LoDoPaB folder (given, or synthesized there)
+    raw: Path                      # raw data folder (given, or synthesized there)
     shards: Path
     runs: Path
     results: Path
     stages: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     sweep: tuple[str, ...] = ()    # "key=v1,v2" items: one training job per point (an array)
-    prep_tasks: int = 8            # at most this many prep array tasks (never more than raw file pairs)
+    prep_tasks: int = 8            # at most this many prep array tasks (never more than raw file groups)
     synth: SynthSpec | None = None  # None: ``raw`` holds real data
+    preset: str | None = None      # a ctpipe.presets name (per-stage overrides; cpu-tiny also sizes the prep)
+
+    @property
+    def steps(self) -> tuple[TrainStep, ...]:
+        return tuple(s for s in get_family(self.family).steps if s.stage in self.stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +118,13 @@ class PipelineJobs:
     train: dict[str, tuple[str, ...]]
     aggregate: str
     summary: Path
+    infer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         plan = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self.plan).items()}
         return {"executor": self.executor, "prep": list(self.prep),
                 "train": {k: list(v) for k, v in self.train.items()},
-                "aggregate": self.aggregate, "summary": str(self.summary), "plan": plan,
+                "aggregate": self.aggregate, "infer": self.infer, "summary": str(self.summary), "plan": plan,
                 "submitted": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -105,6 +145,21 @@ class PrepLodopabJob(Checkpointable):
                 "n_shards": result.n_shards, "manifest": None if result.manifest is None else str(result.manifest)}
 
 
+class PrepCliJob(Checkpointable):
+    """One prep array task through the ``ctpipe prep`` command line (``--task-index i --n-tasks N`` appended).
+
+    Idempotent like every prep (finished groups are skipped), so a preempted task is simply requeued."""
+
+    def __init__(self, argv: Sequence[str], n_tasks: int) -> None:
+        self.argv, self.n_tasks = [str(a) for a in argv], n_tasks
+
+    def __call__(self, task_index: int) -> dict[str, Any]:
+        from ctpipe.cli import main
+
+        main([*self.argv, "--task-index", str(task_index), "--n-tasks", str(self.n_tasks)])
+        return {"task": task_index, "argv": self.argv}
+
+
 class AggregateJob(Checkpointable):
     """``ctpipe aggregate`` as a job: every evaluated run under ``runs`` -> tables and PNGs in ``out``."""
 
@@ -117,6 +172,46 @@ class AggregateJob(Checkpointable):
         return {name: str(path) for name, path in aggregate(self.runs, self.out).items()}
 
 
+class InferXray2CTJob(Checkpointable):
+    """The example inference of the X-ray -> CT chain: the first test (else validation) sample of stage 1's
+    evaluation through
+    stage1_64 (+ refine_256 when trained) to a NIfTI volume in HU."""
+
+    def __init__(self, runs: str | Path, shards: str | Path, out: str | Path, refine: bool) -> None:
+        self.runs, self.shards, self.out, self.refine = str(runs), str(shards), str(out), refine
+
+    def __call__(self) -> dict[str, Any]:
+        import pandas as pd
+
+        from ctpipe.cli import main
+
+        stage1 = Path(self.runs) / "stage1_64"
+        evaluated = [stage1 / "eval" / split / "stage1_64.csv" for split in ("test", "validation")]
+        rows = pd.read_csv(next((p for p in evaluated if p.is_file()), evaluated[0]))
+        sample = str(rows["sample_id"].iloc[0])
+        argv = ["infer", "xray2ct", "--checkpoint", str(stage1 / "checkpoints" / "best.pt"), "--xrays", self.shards,
+                "--sample-id", sample, "--out", self.out, "--device", "cpu"]
+        if self.refine:
+            argv += ["--refine", str(Path(self.runs) / "refine_256" / "checkpoints" / "best.pt")]
+        main(argv)
+        return {"sample_id": sample, "out": self.out}
+
+
+class InferPhasesJob(Checkpointable):
+    """Folder inference of the test volumes (``raw/testA`` against ``raw/testB``): NIfTI predictions and
+    ``metrics.csv`` (pix2pix and the identity baseline per volume)."""
+
+    def __init__(self, checkpoint: str | Path, raw: str | Path, out: str | Path) -> None:
+        self.checkpoint, self.raw, self.out = str(checkpoint), str(raw), str(out)
+
+    def __call__(self) -> dict[str, Any]:
+        from ctpipe.cli import main
+
+        main(["infer", "pix2pix", "--checkpoint", self.checkpoint, "--input-dir", str(Path(self.raw) / "testA"),
+              "--target-dir", str(Path(self.raw) / "testB"), "--out-dir", self.out, "--device", "cpu"])
+        return {"out": self.out}
+
+
 # ---- planning ---------------------------------------------------------------------------------------------------
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
@@ -126,8 +221,11 @@ def get_family(name: str) -> Family:
 
 def plan_pipeline(family: str, name: str | None = None, src: str | Path | None = None,
                   synth: SynthSpec = SynthSpec(), stages: Sequence[str] | None = None, overrides: Sequence[str] = (),
-                  sweep: Sequence[str] = (), prep_tasks: int = 8, shards: str | Path | None = None) -> PipelinePlan:
+                  sweep: Sequence[str] = (), prep_tasks: int = 8, shards: str | Path | None = None,
+                  preset: str | None = None) -> PipelinePlan:
     """Resolve folders and stages. Without ``src`` the raw data is synthesized (``synth``) into data/<name>/raw."""
+    from ctpipe.presets import preset_overrides
+
     fam = get_family(family)
     name = name or fam.name
     chosen = tuple(stages) if stages else fam.default_stages
@@ -137,37 +235,119 @@ def plan_pipeline(family: str, name: str | None = None, src: str | Path | None =
                          f"{', '.join(fam.stages)})")
     if prep_tasks < 1:
         raise ValueError(f"--prep-tasks must be at least 1, got {prep_tasks}")
+    for stage in chosen:
+        preset_overrides(preset, stage)  # an unknown preset fails here, before anything is submitted
+    steps = [s for s in fam.steps if s.stage in chosen]
+    keys = {s.key for s in steps}
+    for step in steps:
+        missing = [k for _, k in step.uses if k not in keys]
+        if missing:
+            raise ValueError(f"--stages: {step.key} starts from {', '.join(missing)}'s weights; add that stage")
+        if step.uses and sweep:
+            raise ValueError(f"--array sweeps a chain whose {step.key} starts from another run's weights; sweep "
+                             f"one stage at a time (--stages {steps[0].stage})")
     base = data_root().resolve() / name
     raw = Path(src).resolve() if src is not None else base / "raw"
     return PipelinePlan(family=family, name=name, raw=raw,
                         shards=Path(shards).resolve() if shards is not None else base / "shards",
                         runs=runs_root().resolve() / name, results=results_root().resolve() / name, stages=chosen,
                         overrides=tuple(overrides), sweep=tuple(sweep), prep_tasks=prep_tasks,
-                        synth=None if src is not None else synth)
+                        synth=None if src is not None else synth, preset=preset)
 
 
 def synthesize_raw(plan: PipelinePlan) -> None:
     """Write the synthetic raw set of ``plan`` (deterministic; files are replaced atomically)."""
-    from ctpipe.data.synthetic import write_synthetic_lodopab
-    from ctpipe.ops.geometry import ParallelBeamGeometry
-
     assert plan.synth is not None
     spec = plan.synth
-    geometry = ParallelBeamGeometry.lodopab().scaled(spec.n_pixels, spec.n_angles)
-    write_synthetic_lodopab(plan.raw, n=spec.n, size="small", seed=spec.seed, samples_per_file=spec.samples_per_file,
-                            geometry=geometry, progress=False)
+    if plan.family == "lodopab":
+        from ctpipe.data.synthetic import write_synthetic_lodopab
+        from ctpipe.ops.geometry import ParallelBeamGeometry
+
+        geometry = ParallelBeamGeometry.lodopab().scaled(spec.n_pixels, spec.n_angles)
+        write_synthetic_lodopab(plan.raw, n=spec.n, size="small", seed=spec.seed,
+                                samples_per_file=spec.samples_per_file, geometry=geometry, progress=False)
+    elif plan.family == "xray2ct":
+        from ctpipe.data.synthetic_ct import write_synthetic_ct
+
+        write_synthetic_ct(plan.raw, spec.n, size=spec.n_pixels, spacing_mm=320.0 / spec.n_pixels, seed=spec.seed)
+    else:
+        from ctpipe.data.synthetic_phases import write_synthetic_phases
+
+        write_synthetic_phases(plan.raw, spec.n, size=spec.n_pixels, n_slices=16, seed=spec.seed)
+        write_synthetic_phases(plan.raw, 2, size=spec.n_pixels, n_slices=16, seed=spec.seed + 1, subset="test")
+
+
+def _prep_argv(plan: PipelinePlan) -> list[str]:
+    """The ``ctpipe prep`` command of the family (cpu-tiny: the sizes the preset's data fields expect)."""
+    tiny = plan.preset == "cpu-tiny"
+    if plan.family == "xray2ct":
+        sizes = ["--xray-size", "32", "--volume-sizes", "16,32"] if tiny else []
+        return ["prep", "drr", "--src", str(plan.raw), "--out", str(plan.shards), *sizes]
+    if plan.family == "phases":
+        sizes = ["--size", "64", "--split-fractions", "0.6,0.2,0.2"] if tiny else []
+        return ["prep", "nifti-pairs", "--src", str(plan.raw), "--out", str(plan.shards), *sizes]
+    return ["prep", "lodopab", "--src", str(plan.raw), "--out", str(plan.shards)]
 
 
 def count_prep_tasks(plan: PipelinePlan) -> int:
-    """Array size: one task per raw file pair at most (reads only the raw files' metadata)."""
-    from ctpipe.data.lodopab import inspect_lodopab
+    """Array size: one task per raw file group at most (reads only the raw files' names/metadata)."""
+    if plan.family == "xray2ct":
+        from ctpipe.data.drr_prep import list_ct_files
 
-    return min(plan.prep_tasks, len(inspect_lodopab(plan.raw).pairs))
+        groups = len(list_ct_files(plan.raw))
+    elif plan.family == "phases":
+        from ctpipe.data.nifti_pairs import find_pairs
+
+        groups = len(find_pairs(plan.raw))
+    else:
+        from ctpipe.data.lodopab import inspect_lodopab
+
+        groups = len(inspect_lodopab(plan.raw).pairs)
+    return max(1, min(plan.prep_tasks, groups))
 
 
 # ---- submission -------------------------------------------------------------------------------------------------
 def _step_resources(name: str, cpus: int, timeout_min: int) -> Resources:
     return Resources(timeout_min=timeout_min, cpus_per_task=cpus, job_name=name)
+
+
+def max_array_size(scontrol_config: str | None = None) -> int | None:
+    """The cluster's ``MaxArraySize`` (array indices must stay below it) from ``scontrol show config``; None when
+    scontrol is missing or does not say."""
+    import re
+    import subprocess
+
+    if scontrol_config is None:
+        try:
+            scontrol_config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
+                                             timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+    found = re.search(r"^\s*MaxArraySize\s*=\s*(\d+)", scontrol_config, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def split_array(indices: Sequence[int], max_size: int | None) -> list[list[int]]:
+    """``indices`` in chunks of at most ``max_size`` (one array job each); one chunk when there is no limit."""
+    indices = list(indices)
+    if not max_size or len(indices) <= max_size:
+        return [indices]
+    return [indices[k:k + max_size] for k in range(0, len(indices), max_size)]
+
+
+def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int) -> list[Any]:
+    """The prep array: one task per shard group (task i converts the groups g with g % n == i). On SLURM an
+    array longer than the cluster's MaxArraySize goes in several arrays (each task keeps its global index)."""
+    n_tasks = count_prep_tasks(plan)
+    prep_ex = make_executor(executor_kind, plan.runs / "submitit" / "prep",
+                            _step_resources(f"prep_{plan.family}", prep_cpus, 120))
+    job: Any = (PrepLodopabJob(plan.raw, plan.shards, n_tasks) if plan.family == "lodopab"
+                else PrepCliJob(_prep_argv(plan), n_tasks))
+    limit = max_array_size() if executor_kind == "slurm" else None
+    jobs: list[Any] = []
+    for chunk in split_array(range(n_tasks), limit):
+        jobs += prep_ex.map_array(job, chunk)
+    return jobs
 
 
 def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
@@ -176,30 +356,35 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     """Submit (slurm) or run in order (local, debug) the steps of ``plan``; returns the job ids.
 
     ``say`` receives one line per step (the CLI prints them). Local/debug: returns when everything finished and
-    raises with the failing job's log tail; slurm: returns once all jobs are queued.
+    raises with the failing job's log tail; slurm: returns once all jobs are queued (each with ``afterok`` on
+    the jobs it needs and ``--kill-on-invalid-dep=yes``, so a failed step cancels everything after it).
     """
+    from ctpipe.presets import preset_overrides
+
     ordered = executor_kind != "slurm"
     if plan.synth is not None:
-        say(f"synthesizing {plan.synth.n} LoDoPaB-format slices ({plan.synth.n_pixels}^2 px, {plan.synth.n_angles} "
-            f"angles) in {plan.raw}")
+        say(f"synthesizing {plan.synth.n} {plan.family} samples ({plan.synth.n_pixels} px) in {plan.raw}")
         synthesize_raw(plan)
-    n_tasks = count_prep_tasks(plan)
-    prep_ex = make_executor(executor_kind, plan.runs / "submitit" / "prep",
-                            _step_resources(f"prep_{plan.family}", prep_cpus, 120))
-    prep_jobs = prep_ex.map_array(PrepLodopabJob(plan.raw, plan.shards, n_tasks), list(range(n_tasks)))
-    say(f"prep_{plan.family}: job {_array_id(prep_jobs)} ({n_tasks} array task(s)) {plan.raw} -> {plan.shards}")
+    prep_jobs = _submit_prep(plan, executor_kind, prep_cpus)
+    say(f"prep_{plan.family}: job {_array_id(prep_jobs)} ({len(prep_jobs)} array task(s)) {plan.raw} -> {plan.shards}")
     if ordered:
         wait_all(prep_jobs)
     train: dict[str, tuple[str, ...]] = {}
+    by_key: dict[str, list[Any]] = {}
     train_jobs: list[Any] = []
-    for stage in plan.stages:
-        jobs = submit_training(stage, [f"data.root={plan.shards}", *plan.overrides], plan.sweep, executor_kind,
-                               plan.runs / stage, dataclasses.replace(train_resources, job_name=stage),
-                               after=() if ordered else prep_jobs)
-        say(f"{stage}: job {_array_id(jobs)} ({len(jobs)} run(s)) -> {plan.runs / stage}")
+    for step in plan.steps:
+        uses = [f"{over}={plan.runs / key / 'checkpoints' / 'best.pt'}" for over, key in step.uses]
+        after = [j for _, key in step.uses for j in by_key[key]] or prep_jobs
+        overrides = [*preset_overrides(plan.preset, step.stage), f"data.root={plan.shards}", *step.extra, *uses,
+                     *plan.overrides]
+        jobs = submit_training(step.stage, overrides, plan.sweep, executor_kind, plan.runs / step.key,
+                               dataclasses.replace(train_resources, job_name=step.stage),
+                               after=() if ordered else after)
+        say(f"{step.key}: job {_array_id(jobs)} ({len(jobs)} run(s)) -> {plan.runs / step.key}")
         if ordered:
             wait_all(jobs)
-        train[stage] = tuple(str(j.job_id) for j in jobs)
+        train[step.key] = tuple(str(j.job_id) for j in jobs)
+        by_key[step.key] = jobs
         train_jobs += jobs
     agg_ex = make_executor(executor_kind, plan.runs / "submitit" / "aggregate",
                            _step_resources("aggregate", 1, 30), after=() if ordered else train_jobs)
@@ -207,10 +392,35 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     say(f"aggregate: job {agg_job.job_id} -> {plan.results / 'summary.csv'}")
     if ordered:
         wait_all([agg_job])
+    infer_job = _submit_inference(plan, executor_kind, by_key, agg_job)
+    if infer_job is not None:
+        say(f"infer: job {infer_job.job_id} -> {plan.results / 'inference'}")
+        if ordered:
+            wait_all([infer_job])
     submitted = PipelineJobs(plan=plan, executor=executor_kind, prep=tuple(str(j.job_id) for j in prep_jobs),
-                             train=train, aggregate=str(agg_job.job_id), summary=plan.results / "summary.csv")
+                             train=train, aggregate=str(agg_job.job_id), summary=plan.results / "summary.csv",
+                             infer=None if infer_job is None else str(infer_job.job_id))
     atomic_write_json(plan.results / PIPELINE_FILE, submitted.to_dict())
     return submitted
+
+
+def _submit_inference(plan: PipelinePlan, executor_kind: ExecutorKind, by_key: dict[str, list[Any]],
+                      agg_job: Any) -> Any | None:
+    """The family's example inference after the aggregate job (None when the chain has none or no sweep-free
+    run to take weights from)."""
+    if plan.sweep:
+        return None
+    job: Any = None
+    out = plan.results / "inference"
+    if plan.family == "xray2ct" and "stage1_64" in by_key:
+        job = InferXray2CTJob(plan.runs, plan.shards, out / "example.nii.gz", refine="refine_256" in by_key)
+    elif plan.family == "phases" and "pix2pix_phase" in by_key and (plan.raw / "testA").is_dir():
+        job = InferPhasesJob(plan.runs / "pix2pix_phase" / "checkpoints" / "best.pt", plan.raw, out)
+    if job is None:
+        return None
+    ex = make_executor(executor_kind, plan.runs / "submitit" / "infer", _step_resources("infer", 1, 30),
+                       after=() if executor_kind != "slurm" else [agg_job])
+    return ex.submit(job)
 
 
 def _array_id(jobs: Sequence[Any]) -> str:

@@ -22,6 +22,23 @@ BASELINES: dict[str, str] = {
 }
 
 
+# The data family of each stage: a runs folder may hold several families, whose metric columns differ (PSNR on
+# [0, 1] images, on HU volumes, ...); each family gets its own table and chart.
+STAGE_FAMILY: dict[str, str] = {
+    "fbp_window": "lodopab",
+    "fbp_unet": "lodopab",
+    "stage1_64": "xray2ct",
+    "refine_256": "xray2ct",
+    "direct_256": "xray2ct",
+    "pix2pix_phase": "phases",
+}
+
+
+def stage_family(stage: str) -> str:
+    """The family of ``stage`` (the stage name itself for a stage this version does not know)."""
+    return STAGE_FAMILY.get(stage, stage)
+
+
 @dataclass(frozen=True)
 class RunFiles:
     run_dir: Path
@@ -161,6 +178,9 @@ def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | No
 
     if summary.empty or column not in summary:
         return None
+    summary = summary[np.isfinite(pd.to_numeric(summary[column], errors="coerce"))]  # NaN/inf bars: no limits
+    if summary.empty:
+        return None
     rows = summary[summary.split == "test"] if (summary.split == "test").any() else summary
     labels = [f"{Path(r).name}\n{m}" for r, m in zip(rows.run, rows.model)]
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(rows)), 3.5))
@@ -177,6 +197,18 @@ def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | No
     return out_png
 
 
+def family_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``summary`` split by data family, each without the metric columns that family never fills."""
+    if summary.empty:
+        return {}
+    families = summary.stage.map(stage_family)
+    tables = {}
+    for family in sorted(families.unique()):
+        table = summary[families == family]
+        tables[family] = table.dropna(axis=1, how="all").reset_index(drop=True)
+    return tables
+
+
 def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Write ``summary.csv``, ``per_sample.csv`` and PNGs for every evaluated run under ``runs_dir``."""
     runs = find_runs(runs_dir)
@@ -189,15 +221,20 @@ def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     outputs = {"summary": out_dir / "summary.csv", "per_sample": out_dir / "per_sample.csv"}
     _write_frame(summary, outputs["summary"])
     _write_frame(per_sample, outputs["per_sample"])
-    psnr_cols = [c for c in summary.columns if c.startswith("psnr") and not c.endswith("_std")]
-    if psnr_cols:
-        chart = plot_summary(summary, out_dir / "psnr.png", psnr_cols[-1])
+    families = family_tables(summary)
+    for family, table in families.items():
+        name = "" if len(families) == 1 else f"_{family}"
+        if name:
+            outputs[f"summary_{family}"] = out_dir / f"summary{name}.csv"
+            _write_frame(table, outputs[f"summary_{family}"])
+        psnr_cols = [c for c in table.columns if c.startswith("psnr") and not c.endswith("_std")]
+        chart = plot_summary(table, out_dir / f"psnr{name}.png", psnr_cols[-1]) if psnr_cols else None
         if chart:
-            outputs["psnr_png"] = chart
+            outputs[f"psnr_png{name}"] = chart
     for run in runs:
         for split in ("test", "validation"):
             png = plot_examples(run, split, out_dir / f"{run.stage}-{run.name}-{split}.png")
             if png:
-                outputs[f"examples_{run.name}_{split}"] = png
+                outputs[f"examples_{run.stage}_{run.name}_{split}"] = png
                 break
     return outputs

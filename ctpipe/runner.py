@@ -73,6 +73,7 @@ def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), co
     env = dist_utils.detect_env()
     configure_determinism(cfg.train.deterministic)  # before the first CUDA call (cuBLAS workspace)
     device = dist_utils.pick_device(cfg.train.device, env)
+    log.info(startup_line(stage, env, device, cfg.train.amp))
     dist_utils.init_distributed(env, device)
     try:
         if restart and env.is_main:
@@ -102,6 +103,15 @@ def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), co
         return RunResult(stage, str(run_dir), status, result.epoch, result.best_metric)
     finally:
         dist_utils.shutdown()
+
+
+def startup_line(stage: str, env: Any, device: torch.device, amp: str) -> str:
+    """One line per rank before training: where it runs and on what (so a CPU fallback is visible in the log)."""
+    import socket
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return (f"start {stage}: host={socket.gethostname()} rank={env.rank}/{env.world_size} "
+            f"local_rank={env.local_rank} device={device} ({name}) amp={amp}")
 
 
 class EvaluationInterrupted(Exception):

@@ -4,7 +4,7 @@
 #
 #     mkdir -p logs
 #     sbatch sbatch/aggregate.sh                                    # runs -> results/summary
-#     sbatch --dependency=afterok:<training job id> sbatch/aggregate.sh runs/fbp_window results/exp1
+#     sbatch --kill-on-invalid-dep=yes --dependency=afterok:<training job id> sbatch/aggregate.sh runs/fbp_window results/exp1
 #
 # Arguments (optional): RUNS (default $CTPIPE_RUNS or runs), OUT (default $CTPIPE_RESULTS/summary, i.e.
 # results/summary).  Aggregation only reads run folders and rewrites its outputs atomically, so it is safe to

@@ -24,41 +24,34 @@
 # completes the run.  Preemption: USR2 120 s before the time limit -> the trainer saves latest.pt and exits 3 ->
 # ctpipe_requeue_if_preempted requeues this job, which resumes mid-segment.
 # Time: not measured on the full data; --time leaves room for one 5-epoch segment on one GPU (raise it otherwise).
+# CONFIG (another config file) and PRESET (PRESET=cpu-tiny: a tiny CPU model and data fields that run on the
+# test cluster, see `ctpipe presets`) apply to the first start only: a requeued, resubmitted or re-run job
+# resumes from the run folder's saved config.json.  Shared body: sbatch/_stage_body.sh.
 #SBATCH --job-name=fbp_unet
 #SBATCH --time=08:00:00
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=8
+#SBATCH --cpus-per-task=4
 #SBATCH --requeue
 #SBATCH --signal=USR2@120
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-# shellcheck source=sbatch/_site.sh
-source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"
-ctpipe_site_summary
+# shellcheck source=sbatch/_stage_body.sh
+source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_stage_body.sh"
 
-run_dir="${CTPIPE_RUNS:-runs}/fbp_unet/${RUN_NAME:-default}"
-shards="${LODOPAB_SHARDS:-${CTPIPE_DATA:-data}/lodopab/shards}"
-overrides=("data.root=${shards}")
-if [[ -n "${WINDOW_CHECKPOINT:-}" ]]; then overrides+=("model.window_checkpoint=${WINDOW_CHECKPOINT}"); fi
-echo "fbp_unet: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}, overrides: ${overrides[*]} $*"
-
-# Overrides come right after the stage (before --run-dir): `ctpipe train` takes them as one positional list.
-ctpipe_srun python -m ctpipe.cli train fbp_unet "${overrides[@]}" "$@" --run-dir "$run_dir" ||
-    ctpipe_requeue_if_preempted $?
+extra=()
+if [[ -n "${WINDOW_CHECKPOINT:-}" ]]; then extra+=("model.window_checkpoint=${WINDOW_CHECKPOINT}"); fi
+ctpipe_train_stage fbp_unet "$(ctpipe_shards LODOPAB_SHARDS lodopab)" "${extra[@]}" "$@"
 
 # The status of the segment that just ended: the last fit_end event of the run folder.
-status="$(python - "$run_dir/events.jsonl" <<'PY'
+status="$(python - "$CTPIPE_RUN_DIR/events.jsonl" <<'PY'
 import json, sys
 ends = [e for e in map(json.loads, open(sys.argv[1])) if e.get("event") == "fit_end"]
 print(ends[-1]["status"] if ends else "unknown")
 PY
 )"
-echo "fbp_unet: ${run_dir} ${status}"
+echo "fbp_unet: ${CTPIPE_RUN_DIR} ${status}"
 if [[ "$status" == segment_done && "${RESUBMIT:-0}" == 1 ]]; then
-    mapfile -t site < <(ctpipe_sbatch_args "${SLURM_GPUS_ON_NODE:-0}")
-    per_node="${SLURM_NTASKS_PER_NODE:-1}"
-    sbatch "${site[@]}" --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node="${per_node%%(*}" \
-        --cpus-per-task="${SLURM_CPUS_PER_TASK:-8}" "$CTPIPE_REPO/sbatch/fbp_unet.sh" "$@"
+    ctpipe_resubmit "$CTPIPE_REPO/sbatch/fbp_unet.sh" "$@"
 fi

@@ -5,7 +5,7 @@
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)
 #     sbatch sbatch/fbp_window.sh                        # defaults: data/lodopab/shards -> runs/fbp_window/default
 #     RUN_NAME=lr3e-3 sbatch sbatch/fbp_window.sh optim.lr=3e-3 train.epochs=40    # arguments: config overrides
-#     sbatch --dependency=afterok:<prep job id> sbatch/fbp_window.sh                 # after sbatch/prep_lodopab.sh
+#     sbatch --kill-on-invalid-dep=yes --dependency=afterok:<prep job id> sbatch/fbp_window.sh                 # after sbatch/prep_lodopab.sh
 #     source sbatch/_site.sh; mapfile -t site < <(ctpipe_sbatch_args 4)
 #     sbatch "${site[@]}" --ntasks-per-node=4 sbatch/fbp_window.sh                  # 4 GPUs, site's GPU syntax
 #
@@ -17,6 +17,9 @@
 # Preemption: SLURM sends USR2 to the training tasks 120 s before the time limit (scancel --signal=USR2 does the
 # same); the trainer finishes its step, writes latest.pt and exits 3; ctpipe_requeue_if_preempted requeues the
 # job.  `scontrol requeue` (SIGTERM) also makes the trainer save before it exits; SLURM requeues the job itself.
+# CONFIG (another config file) and PRESET (PRESET=cpu-tiny: a tiny CPU model and data fields that run on the
+# test cluster, see `ctpipe presets`) apply to the first start only: a requeued, resubmitted or re-run job
+# resumes from the run folder's saved config.json.  Shared body: sbatch/_stage_body.sh.
 #SBATCH --job-name=fbp_window
 #SBATCH --time=04:00:00
 #SBATCH --nodes=1
@@ -27,14 +30,7 @@
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-# shellcheck source=sbatch/_site.sh
-source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"
-ctpipe_site_summary
+# shellcheck source=sbatch/_stage_body.sh
+source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_stage_body.sh"
 
-run_dir="${CTPIPE_RUNS:-runs}/fbp_window/${RUN_NAME:-default}"
-shards="${LODOPAB_SHARDS:-${CTPIPE_DATA:-data}/lodopab/shards}"
-echo "fbp_window: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}, overrides: $*"
-
-# Overrides come right after the stage (before --run-dir): `ctpipe train` takes them as one positional list.
-ctpipe_srun python -m ctpipe.cli train fbp_window "data.root=${shards}" "$@" --run-dir "$run_dir" ||
-    ctpipe_requeue_if_preempted $?
+ctpipe_train_stage fbp_window "$(ctpipe_shards LODOPAB_SHARDS lodopab)" "$@"

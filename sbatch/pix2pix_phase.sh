@@ -5,7 +5,7 @@
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)
 #     sbatch sbatch/pix2pix_phase.sh                     # data/phases/shards -> runs/pix2pix_phase/default
-#     sbatch --dependency=afterok:<prep job id> sbatch/pix2pix_phase.sh
+#     sbatch --kill-on-invalid-dep=yes --dependency=afterok:<prep job id> sbatch/pix2pix_phase.sh
 #     RUN_NAME=l1_100 sbatch sbatch/pix2pix_phase.sh loss.lambda_l1=100 optim.lr=2e-4   # arguments: overrides
 #     source sbatch/_site.sh; mapfile -t site < <(ctpipe_sbatch_args 1)
 #     sbatch "${site[@]}" sbatch/pix2pix_phase.sh                                     # 1 GPU, site's GPU syntax
@@ -22,24 +22,20 @@
 # Preemption: USR2 120 s before the time limit -> the trainer saves latest.pt and exits 3 ->
 # ctpipe_requeue_if_preempted requeues this job.  Time: not measured on real data; raise --time if needed
 # (a requeue continues where the job stopped).
+# CONFIG (another config file) and PRESET (PRESET=cpu-tiny: a tiny CPU model and data fields that run on the
+# test cluster, see `ctpipe presets`) apply to the first start only: a requeued, resubmitted or re-run job
+# resumes from the run folder's saved config.json.  Shared body: sbatch/_stage_body.sh.
 #SBATCH --job-name=pix2pix_phase
 #SBATCH --time=24:00:00
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=8
+#SBATCH --cpus-per-task=4
 #SBATCH --requeue
 #SBATCH --signal=USR2@120
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-# shellcheck source=sbatch/_site.sh
-source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"
-ctpipe_site_summary
+# shellcheck source=sbatch/_stage_body.sh
+source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_stage_body.sh"
 
-run_dir="${CTPIPE_RUNS:-runs}/pix2pix_phase/${RUN_NAME:-default}"
-shards="${PHASE_SHARDS:-${CTPIPE_DATA:-data}/phases/shards}"
-echo "pix2pix_phase: run ${run_dir}, shards ${shards}, restart ${SLURM_RESTART_COUNT:-0}, overrides: $*"
-
-# Overrides come right after the stage (before --run-dir): `ctpipe train` takes them as one positional list.
-ctpipe_srun python -m ctpipe.cli train pix2pix_phase "data.root=${shards}" "$@" --run-dir "$run_dir" ||
-    ctpipe_requeue_if_preempted $?
+ctpipe_train_stage pix2pix_phase "$(ctpipe_shards PHASE_SHARDS phases)" "$@"

@@ -18,27 +18,21 @@
 # ctpipe_requeue_if_preempted requeues this job, which resumes exactly where it stopped.
 # Time: not measured on real data (no GPU was available while writing this); raise --time if needed, a
 # requeued job continues anyway.
+# CONFIG (another config file) and PRESET (PRESET=cpu-tiny: a tiny CPU model and data fields that run on the
+# test cluster, see `ctpipe presets`) apply to the first start only: a requeued, resubmitted or re-run job
+# resumes from the run folder's saved config.json.  Shared body: sbatch/_stage_body.sh.
 #SBATCH --job-name=refine_256
 #SBATCH --time=24:00:00
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1
-#SBATCH --cpus-per-task=8
+#SBATCH --cpus-per-task=4
 #SBATCH --requeue
 #SBATCH --signal=USR2@120
 #SBATCH --open-mode=append
 #SBATCH --output=logs/%x-%j.out
 set -euo pipefail
-# shellcheck source=sbatch/_site.sh
-source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"
-ctpipe_site_summary
+# shellcheck source=sbatch/_stage_body.sh
+source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_stage_body.sh"
 
-run_dir="${CTPIPE_RUNS:-runs}/refine_256/${RUN_NAME:-default}"
-shards="${XRAY2CT_SHARDS:-${CTPIPE_DATA:-data}/xray2ct/shards}"
-config="${CONFIG:-$CTPIPE_REPO/jobs/configs/refine_256.json}"
-overrides=("data.root=${shards}")
-overrides+=("stage1_checkpoint=${STAGE1_CHECKPOINT:-${CTPIPE_RUNS:-runs}/stage1_64/default/checkpoints/best.pt}")
-echo "refine_256: run ${run_dir}, config ${config}, restart ${SLURM_RESTART_COUNT:-0}, overrides: ${overrides[*]} $*"
-
-# Overrides come right after the stage (before --run-dir): `ctpipe train` takes them as one positional list.
-ctpipe_srun python -m ctpipe.cli train refine_256 "${overrides[@]}" "$@" --config "$config" --run-dir "$run_dir" ||
-    ctpipe_requeue_if_preempted $?
+ctpipe_train_stage refine_256 "$(ctpipe_shards XRAY2CT_SHARDS xray2ct)" \
+    "stage1_checkpoint=${STAGE1_CHECKPOINT:-${CTPIPE_RUNS:-runs}/stage1_64/default/checkpoints/best.pt}" "$@"

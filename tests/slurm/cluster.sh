@@ -16,6 +16,11 @@
 #   CTPIPE_SLURM_CPUS     CPUs the node advertises (default 4; may exceed the real count)
 #   CTPIPE_SLURM_MEM_MB   RealMemory of the node in MB (default 4000)
 #   CTPIPE_SLURM_TIMEOUT  seconds allowed for each wait (default 60)
+#   CTPIPE_SLURM_NODES    1 (default: one slurmd named after the host) or 2: two slurmd on this host, nodes
+#                         ctpipe-n1/ctpipe-n2 (ports 6821/6822, added to /etc/hosts), for multi-node tests;
+#                         switching the count restarts the cluster (the configuration changes)
+#   CTPIPE_SLURM_MAX_ARRAY  MaxArraySize (default 16: the sbatch/ prep arrays 0-15 fit, and the tests can
+#                         check that a longer prep array is split into several)
 set -euo pipefail
 
 CMD="${1:-}"
@@ -23,6 +28,9 @@ STATE="${2:-${CTPIPE_SLURM_STATE:-/tmp/ctpipe-slurm}}"
 CPUS="${CTPIPE_SLURM_CPUS:-4}"
 MEM_MB="${CTPIPE_SLURM_MEM_MB:-4000}"
 TIMEOUT="${CTPIPE_SLURM_TIMEOUT:-60}"
+MAX_ARRAY="${CTPIPE_SLURM_MAX_ARRAY:-16}"
+NODES="${CTPIPE_SLURM_NODES:-1}"
+[[ "$NODES" == 1 || "$NODES" == 2 ]] || { echo "CTPIPE_SLURM_NODES=$NODES: use 1 or 2" >&2; exit 2; }
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 NEEDED_COMMANDS=(slurmctld slurmd slurmdbd sinfo sbatch sacct scontrol munged munge unmunge mariadbd mariadb-install-db mariadb)
 
@@ -118,6 +126,30 @@ ensure_hostname_resolves() {
 }
 
 # ------------------------------------------------------------------------------------------------ config
+# Node names: the host's short name (one node), or ctpipe-n1 ctpipe-n2 (two slurmd on this host).
+node_names() {
+    if [[ "$NODES" == 1 ]]; then hostname -s; else echo ctpipe-n1 ctpipe-n2; fi
+}
+
+# slurmd pid file of node NAME (as slurm.conf names it).
+slurmd_pidfile() {
+    if [[ "$NODES" == 1 ]]; then echo "$RUN/slurmd.pid"; else echo "$RUN/slurmd-$1.pid"; fi
+}
+
+node_lines() {
+    local i=0 name
+    if [[ "$NODES" == 1 ]]; then
+        printf '%s\n' "SlurmdSpoolDir=$STATE/spool" "SlurmdPidFile=$RUN/slurmd.pid" "SlurmdLogFile=$LOG/slurmd.log" \
+            "NodeName=$1 NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
+        return 0
+    fi
+    printf '%s\n' "SlurmdSpoolDir=$STATE/spool/%n" "SlurmdPidFile=$RUN/slurmd-%n.pid" "SlurmdLogFile=$LOG/slurmd-%n.log"
+    for name in $(node_names); do
+        i=$((i + 1))
+        echo "NodeName=$name NodeAddr=127.0.0.1 Port=$((6820 + i)) CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN"
+    done
+}
+
 write_configs() {  # write slurm.conf / slurmdbd.conf into $STATE/*.new; compare with the running ones later
     local node="$1"
     cat >"$CONF.new" <<EOF
@@ -141,20 +173,18 @@ JobRequeue=1
 KillWait=10
 InactiveLimit=0
 MinJobAge=300
+MaxArraySize=$MAX_ARRAY
 SlurmdParameters=config_overrides
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+$(node_lines "$node")
 PartitionName=debug Nodes=ALL Default=YES MaxTime=7-00:00:00 State=UP
 EOF
     cat >"$DBD_CONF.new" <<EOF
@@ -243,22 +273,36 @@ start_slurmdbd() {
     wait_until "slurmdbd to listen on port 6819" "$LOG/slurmdbd.log" port_open 6819
 }
 
-node_state() { sinfo -h -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-'; }
-node_usable() { [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing)$ ]]; }
+node_state() { sinfo -h -N -o %T 2>/dev/null | tr -d '*~#!%$@^-' | sort -u | paste -sd, -; }
+node_usable() { [[ "$(node_state)" =~ ^(idle|mixed|allocated|completing)(,(idle|mixed|allocated|completing))*$ ]]; }
 node_idle() { [[ "$(node_state)" == idle ]]; }
+slurmds_alive() {
+    local name
+    for name in $(node_names); do pid_alive "$(slurmd_pidfile "$name")" || return 1; done
+}
 
 start_slurm() {
     pid_alive "$RUN/slurmctld.pid" || setsid slurmctld -f "$CONF" </dev/null >>"$LOG/slurmctld.out" 2>&1 ||
         { tail_log "$LOG/slurmctld.out" "$LOG/slurmctld.log"; die "slurmctld failed to start"; }
     wait_until "slurmctld to answer (scontrol ping)" "$LOG/slurmctld.log" scontrol ping
-    pid_alive "$RUN/slurmd.pid" || setsid slurmd -f "$CONF" </dev/null >>"$LOG/slurmd.out" 2>&1 ||
-        { tail_log "$LOG/slurmd.out" "$LOG/slurmd.log"; die "slurmd failed to start"; }
-    wait_until "the node to become idle (sinfo -h -o %T)" "$LOG/slurmd.log" node_idle
+    local name
+    for name in $(node_names); do
+        pid_alive "$(slurmd_pidfile "$name")" && continue
+        if [[ "$NODES" == 1 ]]; then
+            setsid slurmd -f "$CONF" </dev/null >>"$LOG/slurmd.out" 2>&1 ||
+                { tail_log "$LOG/slurmd.out" "$LOG/slurmd.log"; die "slurmd failed to start"; }
+        else
+            mkdir -p "$STATE/spool/$name"
+            setsid slurmd -f "$CONF" -N "$name" </dev/null >>"$LOG/slurmd-$name.out" 2>&1 ||
+                { tail_log "$LOG/slurmd-$name.out" "$LOG/slurmd-$name.log"; die "slurmd -N $name failed to start"; }
+        fi
+    done
+    wait_until "every node to become idle (sinfo -h -N -o %T)" "$LOG/slurmctld.log" node_idle
 }
 
 healthy() {
     munge_works && pid_alive "$DB/mysqld.pid" && pid_alive "$RUN/slurmdbd.pid" &&
-        pid_alive "$RUN/slurmctld.pid" && pid_alive "$RUN/slurmd.pid" && node_usable
+        pid_alive "$RUN/slurmctld.pid" && slurmds_alive && node_usable
 }
 
 stop_pidfile() {  # stop_pidfile NAME PIDFILE: TERM, wait (bounded), then KILL
@@ -299,6 +343,8 @@ cmd_up() {
     export PATH="$PATH:/usr/sbin:/sbin"
     node="$(hostname -s)"
     ensure_hostname_resolves "$node"
+    local name
+    for name in $(node_names); do ensure_hostname_resolves "$name"; done
     mkdir -p "$STATE" "$RUN" "$LOG" "$STATE/ctld" "$STATE/spool"
     chmod 755 "$STATE"
     write_configs "$node"
@@ -307,7 +353,7 @@ cmd_up() {
         log "cluster in $STATE is already up: reusing it"
         return 0
     fi
-    if pid_alive "$RUN/slurmctld.pid" || pid_alive "$RUN/slurmd.pid" || pid_alive "$RUN/slurmdbd.pid"; then
+    if pid_alive "$RUN/slurmctld.pid" || pid_alive "$RUN/slurmdbd.pid"; then
         log "cluster in $STATE is unhealthy or its configuration changed: restarting it"
         stop_daemons
     fi
@@ -316,11 +362,14 @@ cmd_up() {
     start_mariadb
     start_slurmdbd
     start_slurm
-    log "cluster up in $((SECONDS - t0)) s: node $node, $CPUS CPUs, partition debug; export SLURM_CONF=$CONF"
+    log "cluster up in $((SECONDS - t0)) s: node(s) $(node_names | xargs), $CPUS CPUs each, partition debug; export SLURM_CONF=$CONF"
 }
 
 stop_daemons() {
-    stop_pidfile slurmd "$RUN/slurmd.pid"
+    local pidfile
+    for pidfile in "$RUN"/slurmd.pid "$RUN"/slurmd-*.pid; do
+        [[ -e "$pidfile" ]] && stop_pidfile slurmd "$pidfile"
+    done
     stop_pidfile slurmctld "$RUN/slurmctld.pid"
     stop_pidfile slurmdbd "$RUN/slurmdbd.pid"
     stop_pidfile mariadbd "$DB/mysqld.pid"
@@ -340,8 +389,10 @@ cmd_down() {
 cmd_status() {
     export PATH="$PATH:/usr/sbin:/sbin"
     local name file
+    local slurmds=() node
+    for node in $(node_names); do slurmds+=("slurmd:$(slurmd_pidfile "$node")"); done
     for name in munged:"$RUN/munged.pid" mariadbd:"$DB/mysqld.pid" slurmdbd:"$RUN/slurmdbd.pid" \
-        slurmctld:"$RUN/slurmctld.pid" slurmd:"$RUN/slurmd.pid"; do
+        slurmctld:"$RUN/slurmctld.pid" "${slurmds[@]}"; do
         file="${name#*:}"
         if pid_alive "$file"; then echo "${name%%:*}: running (pid $(cat "$file"))"; else echo "${name%%:*}: stopped"; fi
     done

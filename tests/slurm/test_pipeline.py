@@ -79,12 +79,35 @@ def test_stage_scripts_have_the_portable_headers(name: str) -> None:
         assert any(h.startswith(prefix) for h in headers), f"{name} lacks #SBATCH {prefix}"
     assert "--requeue" in headers and "--open-mode=append" in headers
     assert not any("$" in h for h in headers), "#SBATCH lines cannot read variables (sbatch/README.md)"
-    assert 'source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"' in text
+    body = 'source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_stage_body.sh"'
+    assert 'source "${CTPIPE_REPO:-${SLURM_SUBMIT_DIR:-.}}/sbatch/_site.sh"' in text or body in text
     if "--array" in " ".join(headers):
         assert "--output=logs/%x-%A_%a.out" in headers
-    if "ctpipe.cli train" in text:  # training: signalled before the time limit, requeued on exit code 3
-        assert "--signal=USR2@120" in headers
-        assert "ctpipe_srun" in text and "ctpipe_requeue_if_preempted $?" in text
+    if "ctpipe_train_stage" in text:  # training: the shared body; signalled before the time limit
+        assert body in text and "--signal=USR2@120" in headers
+        assert "ctpipe.cli train" not in text, "training goes through ctpipe_train_stage (sbatch/_stage_body.sh)"
+
+
+TRAINING_SCRIPTS = ("stage1_64.sh", "refine_256.sh", "direct_256.sh", "fbp_window.sh", "fbp_unet.sh",
+                    "pix2pix_phase.sh")
+
+
+def test_training_scripts_share_one_body() -> None:
+    body = (SBATCH_DIR / "_stage_body.sh").read_text()
+    assert "ctpipe_srun python -m ctpipe.cli train" in body and "ctpipe_requeue_if_preempted $?" in body
+    for name in TRAINING_SCRIPTS:
+        code = [line for line in (SBATCH_DIR / name).read_text().splitlines() if line and not line.startswith("#")]
+        assert any("ctpipe_train_stage" in line for line in code), name
+        assert len(code) <= 20, f"{name}: {len(code)} lines of code; the shared part belongs in _stage_body.sh"
+
+
+def test_every_documented_dependency_kills_on_a_failed_step() -> None:
+    """A chain whose step fails must not leave the rest PENDING (DependencyNeverSatisfied) forever."""
+    files = [*SBATCH_DIR.glob("*.sh"), SBATCH_DIR / "README.md", REPO_ROOT / "README.md"]
+    for path in files:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "--dependency" in line and "sbatch" in line:
+                assert "--kill-on-invalid-dep=yes" in line, f"{path.name}:{n}: {line.strip()}"
 
 
 # ---- (a) the three scripts, chained with afterok, against an in-process run ---------------------------------------
