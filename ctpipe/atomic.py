@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
-A reader never sees a half-written file: either the old content or the complete new one.
+A reader never sees a half-written file: either the old content or the complete new one. The file ends
+with the permissions a plain ``open(target, "w")`` would have given it: those of the file it replaces, else
+``0o666`` less the process umask (so collaborators on a shared project folder can read it when the umask
+says so). A full disk raises :class:`ctpipe.errors.DiskFullError` naming the target, with nothing left behind.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ctpipe.errors import DiskFullError, is_disk_full
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -24,6 +29,28 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(target: Path) -> int:
+    """The mode ``open(target, "w")`` would leave: the existing file's, else 0o666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -41,11 +68,14 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), plain_write_mode(target))
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, Exception) and not isinstance(error, DiskFullError) and is_disk_full(error):
+            raise DiskFullError(target) from error
         raise
 
 

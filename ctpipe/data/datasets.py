@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -44,6 +44,20 @@ def _split_index(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray
     if not shards:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(shards), np.concatenate(rows)
+
+
+def check_split_names(root: str | os.PathLike[str], names: Mapping[str, str]) -> None:
+    """Refuse a configured split name (``{option: name}``) that the shard set at ``root`` does not have.
+
+    An empty name means "no such split" on purpose (e.g. ``data.val_split=`` to train without validation).
+    """
+    manifest = read_manifest(root)
+    unknown = {option: name for option, name in names.items() if name and name not in manifest.splits}
+    if unknown:
+        described = ", ".join(f"{option}={name!r}" for option, name in unknown.items())
+        raise ShardSetError(
+            f"{described}: no such split in the shard set {manifest.root} (its splits: {sorted(manifest.splits)}); "
+            f"set {next(iter(unknown))} to one of them (or to an empty value to go without that split)")
 
 
 class ShardDataset(Dataset):

@@ -32,6 +32,7 @@ import h5py
 import numpy as np
 
 from ctpipe.atomic import atomic_path, atomic_write_json
+from ctpipe.errors import UserError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -43,7 +44,7 @@ _SHARD_RE = re.compile(r"^shard-(\d{5})\.h5$")
 _HASH_BLOCK = 1 << 22
 
 
-class ShardSetError(ValueError):
+class ShardSetError(UserError, ValueError):
     """A shard set (or the data handed to the shard writer) violates the contract."""
 
 
@@ -499,3 +500,93 @@ def read_shard_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
         attrs["schema_version"] = int(handle.attrs["schema_version"])
         attrs["source_files"] = json.loads(handle.attrs["source_files_json"])
     return attrs
+
+
+# ---- identity and integrity of a finished set ------------------------------------------------------------
+def shard_set_identity(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a training run depends on: the manifest's checksum (it holds every shard's SHA-256), fields, splits.
+
+    The folder's path is not part of it: a set copied elsewhere is the same data.
+    """
+    manifest = read_manifest(root)
+    canonical = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return {
+        "manifest_sha256": hashlib.sha256(canonical).hexdigest(),
+        "fields": {name: [list(spec.shape), spec.dtype] for name, spec in sorted(manifest.fields.items())},
+        "splits": {name: len(patients) for name, patients in sorted(manifest.splits.items())},
+        "n_samples": manifest.n_samples,
+    }
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """The outcome of checking one shard against the manifest (``problem`` is empty when it matches)."""
+
+    file: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    problem: str = ""
+    hashed: bool = False
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_shard(manifest: Manifest, info: ShardInfo, stamp: Mapping[str, Any] | None = None) -> ShardCheck:
+    """Size, then SHA-256 of one shard against its manifest entry; a matching ``stamp`` entry (same size,
+    mtime and checksum, written by an earlier check) skips the hashing."""
+    path = manifest.shard_path(info)
+    key = _stat_key(path)
+    if key is None:
+        return ShardCheck(info.file, 0, 0, "", f"{path} is missing")
+    size, mtime_ns = key
+    if size != info.size_bytes:
+        return ShardCheck(info.file, size, mtime_ns, "", f"{path} holds {size} bytes, the manifest records "
+                          f"{info.size_bytes} (truncated or replaced)")
+    entry = (stamp or {}).get(info.file)
+    if isinstance(entry, Mapping) and entry.get("size_bytes") == size and entry.get("mtime_ns") == mtime_ns \
+            and entry.get("sha256") == info.sha256:
+        return ShardCheck(info.file, size, mtime_ns, info.sha256)
+    digest = sha256_file(path)
+    problem = "" if digest == info.sha256 else (f"{path} is damaged: its SHA-256 is {digest[:16]}..., the manifest "
+                                                f"records {info.sha256[:16]}...")
+    return ShardCheck(info.file, size, mtime_ns, digest, problem, hashed=True)
+
+
+def read_verify_stamp(path: str | os.PathLike[str], manifest: Manifest) -> dict[str, Any]:
+    """The per-shard entries of a verification stamp written for this very manifest (else empty)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    identity = shard_set_identity(manifest.root)["manifest_sha256"]
+    if not isinstance(data, dict) or data.get("manifest_sha256") != identity:
+        return {}
+    shards = data.get("shards", {})
+    return shards if isinstance(shards, dict) else {}
+
+
+def write_verify_stamp(path: str | os.PathLike[str], manifest: Manifest, checks: Sequence[ShardCheck]) -> Path:
+    """Record the shards that matched, so the next check of an unchanged shard skips its hashing."""
+    return atomic_write_json(path, {
+        "manifest": str(manifest.root / MANIFEST_NAME),
+        "manifest_sha256": shard_set_identity(manifest.root)["manifest_sha256"],
+        "shards": {c.file: {"size_bytes": c.size_bytes, "mtime_ns": c.mtime_ns, "sha256": c.sha256}
+                   for c in checks if not c.problem},
+    })
+
+
+def damaged_shards_error(manifest: Manifest, checks: Sequence[ShardCheck]) -> ShardSetError | None:
+    bad = [c.problem for c in checks if c.problem]
+    if not bad:
+        return None
+    return ShardSetError(f"shard set {manifest.root}: {len(bad)} shard(s) do not match {MANIFEST_NAME}: "
+                         + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+                         + ". Nothing was trained on them; re-run the prep to rewrite the damaged shards "
+                         "(it rewrites only those) or restore them from a copy")
