@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
-from ctpipe.data.nifti_io import read_nifti
+from ctpipe.data.nifti_io import hu_range_problem, read_nifti
 from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
@@ -184,6 +184,9 @@ def load_ct(path: str | os.PathLike[str]) -> CTVolume:
         raise BadInput(f"{int(np.size(hu) - np.isfinite(hu).sum())} voxels are NaN or infinite")
     if float(hu.max()) == float(hu.min()):
         raise BadInput(f"all voxels have the same value ({float(hu.min())})")
+    problem = hu_range_problem(float(hu.min()), float(hu.max()))
+    if problem is not None:
+        raise BadInput(problem)
     spacing = tuple(float(s) for s in nib.affines.voxel_sizes(canonical.affine))
     return CTVolume(hu=hu, spacing_mm=spacing)  # type: ignore[arg-type]
 

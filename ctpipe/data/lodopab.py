@@ -41,6 +41,7 @@ from ctpipe.data.shards import (
     temp_files_for,
     write_shard,
 )
+from ctpipe.errors import UserError
 from ctpipe.ops.geometry import ParallelBeamGeometry
 
 PARTS = ("train", "validation", "test")
@@ -50,7 +51,7 @@ _FILE_RE = re.compile(r"^(observation|ground_truth)_(train|validation|test)_(\d{
 _ZIP_HINT = "re-download/re-extract it from the LoDoPaB-CT archive (Zenodo record 3384092)"
 
 
-class LoDoPaBError(ValueError):
+class LoDoPaBError(UserError, ValueError):
     """The raw LoDoPaB folder does not match the expected layout (the message names the file and the fix)."""
 
 
@@ -253,9 +254,29 @@ def _read_checked(path: Path) -> np.ndarray:
     return data
 
 
+GT_RANGE = (0.0, 1.0)  # LoDoPaB ground truth is mu/mu_max clipped to [0, 1]
+_GT_TOLERANCE = 1e-4
+
+
+def check_ground_truth_range(data: np.ndarray, path: Path) -> None:
+    """Refuse ground truth outside [0, 1] (e.g. HU, or attenuation not divided by mu_max), naming the sample."""
+    low, high = GT_RANGE
+    flat = data.reshape(data.shape[0], -1)
+    lows, highs = flat.min(axis=1), flat.max(axis=1)
+    bad = np.flatnonzero((lows < low - _GT_TOLERANCE) | (highs > high + _GT_TOLERANCE))
+    if bad.size:
+        raise LoDoPaBError(
+            f"{path}: ground truth of sample index {bad[0]} spans [{lows[bad[0]]:.4g}, {highs[bad[0]]:.4g}] "
+            f"({bad.size} samples out of range in this file, whole file [{lows.min():.4g}, {highs.max():.4g}]); "
+            f"LoDoPaB ground truth lies in [{low:g}, {high:g}] (mu/mu_max). Convert the images (HU -> mu/mu_max, "
+            "clipped) or check that these are LoDoPaB ground_truth files")
+
+
 def load_pair(pair: RawPair) -> dict[str, np.ndarray]:
     """Fully read and validate one raw pair: ``{"sinogram": (n, A, D), "image": (n, N, N)}`` float32."""
-    return {"sinogram": _read_checked(pair.observation), "image": _read_checked(pair.ground_truth)}
+    image = _read_checked(pair.ground_truth)
+    check_ground_truth_range(image, pair.ground_truth)
+    return {"sinogram": _read_checked(pair.observation), "image": image}
 
 
 def lodopab_fields(geometry: ParallelBeamGeometry) -> dict[str, FieldSpec]:

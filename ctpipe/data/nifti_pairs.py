@@ -56,9 +56,10 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
-from ctpipe.data.nifti_io import read_nifti
+from ctpipe.data.nifti_io import hu_range_problem, read_nifti
 from ctpipe.data.shards import (FieldSpec, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
                                 shard_index, shard_is_complete, shard_name, sidecar_path, write_shard)
+from ctpipe.errors import UserError
 
 DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 3071.0)
 SUBSETS: tuple[tuple[str, str, str], ...] = (("train", "trainA", "trainB"), ("test", "testA", "testB"))
@@ -78,7 +79,7 @@ FORMAT_VERSION = 1
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-class VolumeError(ValueError):
+class VolumeError(UserError, ValueError):
     """A NIfTI file that cannot be used (unreadable, truncated, wrong dimensionality, non-finite)."""
 
 
@@ -172,6 +173,11 @@ def load_volume(path: str | os.PathLike[str]) -> LoadedVolume:
         raise VolumeError(f"invalid affine {affine.tolist()}")
     header = image.header if isinstance(image.header, nib.Nifti1Header) else nib.Nifti1Header.from_header(image.header)
     return LoadedVolume(data=data, affine=affine, header=header)
+
+
+def volume_hu_problem(volume: LoadedVolume) -> str | None:
+    """Why ``volume`` is not a CT in Hounsfield units (see :func:`ctpipe.data.nifti_io.hu_range_problem`)."""
+    return hu_range_problem(float(volume.data.min()), float(volume.data.max()))
 
 
 def save_nifti_like(data: np.ndarray, reference: LoadedVolume, path: str | os.PathLike[str]) -> Path:
@@ -322,6 +328,10 @@ def _load_pair(cand: PairCandidate, src: Path, affine_atol: float) -> tuple[Load
         diff = float(np.max(np.abs(a.affine - b.affine)))
         raise PairSkipped(rel_a, f"affine mismatch: max |difference| {diff:.4g} > {affine_atol} "
                                  f"between {a_dir} and {b_dir}")
+    for volume, rel in ((a, rel_a), (b, rel_b)):
+        problem = volume_hu_problem(volume)
+        if problem is not None:
+            raise PairSkipped(rel, problem)
     return a, b
 
 
