@@ -67,3 +67,43 @@ def test_drr_prep_skips_and_reports_a_ct_that_is_not_in_hu(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     skipped = report(tmp_path / "out" / "prep_report.csv")
     assert list(skipped) == ["normalised.nii.gz"] and "not HU" in skipped["normalised.nii.gz"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_prep_refuses_an_out_folder_holding_another_data_set(tmp_path):
+    from ctpipe.data.synthetic import write_synthetic_lodopab
+    from ctpipe.ops.geometry import ParallelBeamGeometry
+
+    for seed, name in ((1, "raw"), (2, "raw2")):
+        write_synthetic_lodopab(tmp_path / name, n=16, size="small", seed=seed, samples_per_file=8,
+                                geometry=ParallelBeamGeometry.lodopab().scaled(16, 12), progress=False)
+    out = tmp_path / "set"
+    assert ctpipe("prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(out)).returncode == 0
+    before = _snapshot(out)
+    assert ctpipe("prep", "synth-phases", "--out", str(tmp_path / "phases"), "--n", "2", "--size", "16",
+                  "--n-slices", "2", "--oversample", "1").returncode == 0
+    assert ctpipe("prep", "synth-ct", "--out", str(tmp_path / "ct"), "--n", "2", "--size", "16").returncode == 0
+    attempts = {
+        "nifti-pairs": ["prep", "nifti-pairs", "--src", str(tmp_path / "phases"), "--out", str(out), "--size", "16"],
+        "drr": ["prep", "drr", "--src", str(tmp_path / "ct"), "--out", str(out), "--xray-size", "16",
+                "--volume-sizes", "8"],
+        "other source": ["prep", "lodopab", "--src", str(tmp_path / "raw2"), "--out", str(out)],
+        "other settings": ["prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(out), "--parts", "train"],
+    }
+    for case, args in attempts.items():
+        result = ctpipe(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (case, result.stderr[-2000:])
+        assert str(out) in result.stderr and "another --out" in result.stderr, (case, result.stderr)
+        assert _snapshot(out) == before, case
+    again = ctpipe("prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(out))  # same prep: resumes
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _snapshot(out) == before
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    result = ctpipe("prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(mine))
+    assert result.returncode == 2 and "thesis.tex" in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

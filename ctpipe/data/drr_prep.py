@@ -56,6 +56,7 @@ from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
     ShardSetError,
+    claim_output,
     finalize_manifest,
     patient_split,
     read_sidecar,
@@ -455,6 +456,8 @@ def prep_drr(
     _split_fractions(split_fractions)
     files = list_ct_files(src)
     out = Path(out)
+    claim_output(out, "xray2ct", src, {**dataclasses.asdict(config), "files_per_shard": files_per_shard,
+                                       "split_fractions": [float(f) for f in split_fractions]})
     (out / GROUP_DIR).mkdir(parents=True, exist_ok=True)
     groups = [files[k : k + files_per_shard] for k in range(0, len(files), files_per_shard)]
     written, skipped, bad = [], [], []

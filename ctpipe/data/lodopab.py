@@ -34,6 +34,7 @@ from ctpipe.data.phantoms import MU_MAX
 from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
+    claim_output,
     finalize_manifest,
     read_sidecar,
     shard_is_complete,
@@ -332,7 +333,7 @@ def prep_lodopab(
         raise ValueError(f"need 0 <= task_index < n_tasks, got task_index={task_index}, n_tasks={n_tasks}")
     layout = inspect_lodopab(src, parts)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, "lodopab", src, {"parts": list(layout.parts)})
     written, skipped = [], []
     own = [pair for pair in layout.pairs if pair.shard_index % n_tasks == task_index]
     for pair in tqdm(own, desc=f"LoDoPaB prep task {task_index}/{n_tasks}", unit="shard", disable=not progress):

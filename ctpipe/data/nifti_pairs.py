@@ -57,7 +57,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ctpipe.data.nifti_io import hu_range_problem, read_nifti
-from ctpipe.data.shards import (FieldSpec, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
+from ctpipe.data.shards import (FieldSpec, claim_output, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
                                 shard_index, shard_is_complete, shard_name, sidecar_path, write_shard)
 from ctpipe.errors import UserError
 
@@ -452,7 +452,8 @@ def prep_nifti_pairs(
     candidates = find_pairs(src)
     settings = _settings(src, size, window, fractions, affine_atol, candidates)
     duplicates = _duplicate_reasons(candidates, src)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, KIND, src, {"size": size, "window_hu": list(window), "split_fractions": dict(fractions),
+                                  "affine_atol": affine_atol, "format_version": FORMAT_VERSION})
     task_record_path(out, task_index, n_tasks).unlink(missing_ok=True)  # present again only once this run ends
     rows, volumes, written, reused = [], [], [], []
     for index in range(task_index, len(candidates), n_tasks):

@@ -590,3 +590,63 @@ def damaged_shards_error(manifest: Manifest, checks: Sequence[ShardCheck]) -> Sh
                          + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
                          + ". Nothing was trained on them; re-run the prep to rewrite the damaged shards "
                          "(it rewrites only those) or restore them from a copy")
+
+
+# ---- who owns an output folder -----------------------------------------------------------------------------
+PREP_IDENTITY = "prep.json"
+
+
+def _legacy_kind(attrs: Mapping[str, Any]) -> str | None:
+    return attrs.get("kind") or attrs.get("dataset")
+
+
+def claim_output(out: str | os.PathLike[str], prep: str, src: str | os.PathLike[str],
+                 settings: Mapping[str, Any]) -> Path:
+    """Make ``out`` this prep's output, or refuse: it may hold only what the same prep, from the same source
+    with the same settings, wrote there (``out/prep.json`` records that; the first task creates it).
+
+    A folder that holds anything else -- a shard set of another family, another source or other settings,
+    or unrelated files -- is refused before anything in it is touched, naming what it holds.
+    """
+    out = Path(out)
+    mine = {"prep": prep, "src": str(Path(src).resolve()),
+            "settings": json.loads(json.dumps(dict(settings), sort_keys=True))}
+    target = out / PREP_IDENTITY
+    hint = f"choose another --out, or delete {out} first if it may be replaced"
+    if out.exists() and not out.is_dir():
+        raise ShardSetError(f"--out {out} is a file, not a folder; {hint}")
+    if not target.is_file():
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        legacy = None
+        if MANIFEST_NAME in present:  # a set written before prep.json existed: accept only the same family
+            try:
+                legacy = _legacy_kind(json.loads((out / MANIFEST_NAME).read_text()).get("attrs", {}))
+            except (OSError, ValueError, AttributeError):
+                legacy = "unreadable"
+        if present and legacy != prep:
+            what = f"a {legacy!r} shard set" if legacy else f"files not written by this prep ({present[:5]})"
+            raise ShardSetError(f"--out {out} already holds {what}; the {prep!r} prep would replace or mix into "
+                                f"it; {hint}")
+        out.mkdir(parents=True, exist_ok=True)
+        claim = out / f".{PREP_IDENTITY}.claim-{os.getpid()}"
+        with atomic_path(claim) as tmp:
+            tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n")
+        try:
+            os.link(claim, target)  # exclusive: of two tasks starting at once, one writes it
+        except FileExistsError:
+            pass
+        finally:
+            claim.unlink(missing_ok=True)
+    try:
+        theirs = json.loads(target.read_text())
+    except (OSError, ValueError) as error:
+        raise ShardSetError(f"{target} is unreadable ({error}); {hint}") from None
+    if theirs != mine:
+        keys = [k for k in ("prep", "src") if theirs.get(k) != mine[k]]
+        settings_diff = {k: [theirs.get("settings", {}).get(k), v] for k, v in mine["settings"].items()
+                         if theirs.get("settings", {}).get(k) != v}
+        described = ", ".join([f"{k}: {theirs.get(k)!r} (asked: {mine[k]!r})" for k in keys]
+                              + [f"{k}: {old!r} (asked: {new!r})" for k, (old, new) in settings_diff.items()])
+        raise ShardSetError(f"--out {out} holds the output of another prep ({described}); nothing there was "
+                            f"changed; {hint}")
+    return target
