@@ -111,13 +111,34 @@ def check_resume(run_dir: Path, changes: Mapping[str, list[Any]], force_resume: 
             f"--force-resume to continue this run with the new settings (recorded in {run_dir / 'events.jsonl'})")
 
 
+# the kind of shard set each stage trains on (manifest attrs "kind", or "dataset" for LoDoPaB) and its prep
+STAGE_DATA_KIND: dict[str, str] = {"fbp_window": "lodopab", "fbp_unet": "lodopab", "pix2pix_phase": "nifti_pairs",
+                                   "stage1_64": "xray2ct", "refine_256": "xray2ct", "direct_256": "xray2ct"}
+PREP_COMMAND: dict[str, str] = {"lodopab": "ctpipe prep lodopab", "nifti_pairs": "ctpipe prep nifti-pairs",
+                                "xray2ct": "ctpipe prep drr"}
+
+
+def check_data_kind(stage: str, root: str | Path) -> None:
+    """Refuse a shard set of another family (e.g. a pix2pix set given to fbp_window), naming its path."""
+    from ctpipe.data.shards import read_manifest
+
+    attrs = read_manifest(root).attrs
+    have, want = attrs.get("kind") or attrs.get("dataset"), STAGE_DATA_KIND.get(stage)
+    if have is None or want is None or have == want:
+        return
+    raise ConfigError(f"data.root={root} is a {have!r} shard set (from `{PREP_COMMAND.get(have, have)}`), but stage "
+                      f"{stage} trains on a {want!r} set; set data.root to the output of `{PREP_COMMAND[want]}`")
+
+
 def check_data(cfg: Any) -> None:
-    """The configured split names exist in the shard set (checked before any work starts)."""
+    """The shard set is of the stage's kind and has the configured split names (before any work starts)."""
     data = getattr(cfg, "data", None)
     root = getattr(data, "root", None)
     if root is None:
         return
     from ctpipe.data.datasets import check_split_names
+
+    check_data_kind(getattr(cfg, "stage", ""), root)
 
     names = {f"data.{option}": getattr(data, option) for option in ("train_split", "val_split", "test_split")
              if isinstance(getattr(data, option, None), str)}

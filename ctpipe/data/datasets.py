@@ -123,6 +123,15 @@ class ShardDataset(Dataset):
                 handle.close()
         self._handles = {}
 
+    def _non_finite(self, index: int, name: str, array: np.ndarray) -> None:
+        handle = self._handle(int(self._shard_of[index]))
+        row = int(self._row_of[index])
+        path = self.manifest.shard_path(self.manifest.shards[int(self._shard_of[index])])
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise ShardSetError(f"shard {path}, sample {handle[SAMPLE_ID_KEY].asstr()[row]!r} (row {row}, split "
+                            f"{self.split!r}): field {name!r} holds {bad} NaN/Inf values; nothing was trained on it. "
+                            "Re-run the prep that wrote this set (it refuses non-finite data) or remove the sample")
+
     # ---- access ----------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)
@@ -134,6 +143,8 @@ class ShardDataset(Dataset):
         sample: dict[str, Any] = {}
         for name in self.fields:
             array = np.asarray(handle[name][row], dtype=np.float32)
+            if not np.isfinite(array).all():
+                self._non_finite(index, name, array)
             sample[name] = torch.from_numpy(array).unsqueeze(0)
         sample[SAMPLE_ID_KEY] = handle[SAMPLE_ID_KEY].asstr()[row]
         sample[PATIENT_ID_KEY] = handle[PATIENT_ID_KEY].asstr()[row]
