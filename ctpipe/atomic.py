@@ -9,8 +9,10 @@ says so). A full disk raises :class:`ctpipe.errors.DiskFullError` naming the tar
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -53,6 +55,37 @@ def plain_write_mode(target: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def no_space_left(folder: Path, probe_bytes: int = 1 << 16) -> bool:
+    """True when ``folder``'s file system (or the user's quota there) cannot take ``probe_bytes`` more."""
+    probe = folder / f".ctpipe-space-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as error:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        os.write(fd, b"\0" * probe_bytes)
+        os.fsync(fd)
+    except OSError as error:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return False
+
+
+def check_free_space(target: str | os.PathLike[str], needed_bytes: int) -> None:
+    """Refuse to start a write of about ``needed_bytes`` that cannot fit (a library that meets a full disk
+    half-way may leave a mess, e.g. HDF5)."""
+    folder = Path(target).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed_bytes:
+        raise DiskFullError(f"{folder} ({free} bytes free, {Path(target).name} needs about {needed_bytes})")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success it is fsynced and renamed onto ``target``.
@@ -72,9 +105,13 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException as error:
+        # before the temporary file is removed (that frees space): libraries such as torch.save report a
+        # full disk without its errno, so a failed write is checked against the file system itself
+        full = isinstance(error, OSError | RuntimeError) and not isinstance(error, DiskFullError) and (
+            is_disk_full(error) or no_space_left(target.parent))
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(error, Exception) and not isinstance(error, DiskFullError) and is_disk_full(error):
+        if full:
             raise DiskFullError(target) from error
         raise
 

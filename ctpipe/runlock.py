@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from ctpipe.errors import RunFolderError
+from ctpipe.errors import DiskFullError, RunFolderError, is_disk_full
 
 LOCK_NAME = "run.lock"
 DEFAULT_STALE_S = 900.0
@@ -119,10 +119,16 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as handle:
-            json.dump({**self.me.__dict__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump({**self.me.__dict__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:  # e.g. a full disk: never leave an empty lock behind
+            self.path.unlink(missing_ok=True)
+            if is_disk_full(error):
+                raise DiskFullError(self.path) from error
+            raise
         return True
 
     def _break(self, holder: Holder | None) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from ctpipe.atomic import atomic_path, atomic_write_json
+from ctpipe.atomic import atomic_path, atomic_write_json, check_free_space
 from ctpipe.errors import UserError
 
 SCHEMA_VERSION = 1
@@ -247,6 +247,12 @@ def _write_hdf5(tmp: Path, target: Path, fields: Mapping[str, FieldSpec], sample
         handle.create_dataset(PATIENT_ID_KEY, data=np.array(list(patient_ids), dtype=object), dtype=strings, track_times=False)
 
 
+def estimated_shard_bytes(fields: Mapping[str, FieldSpec], n: int) -> int:
+    """About how many bytes a shard of ``n`` samples takes (data, ids, HDF5 chunk index and headers)."""
+    data = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in fields.values()) * n
+    return int(data * 1.02) + n * (256 + 64 * len(fields)) + (1 << 14)
+
+
 def write_shard(
     path: str | os.PathLike[str],
     fields: Mapping[str, FieldSpec],
@@ -271,6 +277,8 @@ def write_shard(
     _check_ids(sample_ids, patient_ids, path)
     sidecar = sidecar_path(path)
     sidecar.unlink(missing_ok=True)  # an old sidecar must never vouch for the new content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path, estimated_shard_bytes(fields, len(sample_ids)))
     with atomic_path(path) as tmp:
         _write_hdf5(tmp, path, fields, samples, sample_ids, patient_ids, attrs or {}, source_files)
         digest, size = sha256_file(tmp), tmp.stat().st_size
