@@ -27,7 +27,7 @@ from ctpipe import metrics
 from ctpipe.atomic import atomic_write_frame
 from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
                                     iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
-                                    unit_to_hu, volume_hu_problem)
+                                    unit_to_hu, unusable_entries, volume_hu_problem)
 from ctpipe.errors import UserError
 
 
@@ -201,7 +201,7 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
     paths = list(iter_volume_paths(in_dir))
     if not paths:
         raise FileNotFoundError(f"no .nii/.nii.gz files in {in_dir}")
-    outputs, rows, skipped = [], [], []
+    outputs, rows, skipped = [], [], [(path, reason) for path, reason in unusable_entries(in_dir)]
     for path in paths:
         try:
             out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)

@@ -18,6 +18,8 @@ the same stale lock only one takes it.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import os
 import socket
@@ -26,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from ctpipe.errors import DiskFullError, RunFolderError, is_disk_full
 
@@ -106,8 +108,11 @@ def stale_reason(holder: Holder | None, age_s: float, me: Holder, stale_s: float
 class RunLock:
     """The lock of one run folder; use :func:`hold_run_lock`."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], stale_s: float | None = None) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
+    def __init__(self, run_dir: str | os.PathLike[str], stale_s: float | None = None, name: str = LOCK_NAME,
+                 what: str = "", advice: str = "") -> None:
+        self.path = Path(run_dir) / name
+        self.what = what or f"run folder {Path(run_dir)}"
+        self.advice = advice or "use another --run-dir (sbatch: another RUN_NAME)"
         self.stale_s = stale_after_s() if stale_s is None else stale_s
         self.me = Holder.me()
         self._stop = threading.Event()
@@ -164,9 +169,8 @@ class RunLock:
             if reason is None:
                 who = holder.describe() if holder is not None else "an unknown process"
                 raise RunLockedError(
-                    f"run folder {self.path.parent} is in use by {who} ({self.path}); wait until it ends, or use "
-                    f"another --run-dir (sbatch: another RUN_NAME). If that process is gone for sure, delete "
-                    f"{self.path}")
+                    f"{self.what} is in use by {who} ({self.path}); wait until it ends, or {self.advice}. If that "
+                    f"process is gone for sure, delete {self.path}")
             if self._break(holder):
                 self.took_over = reason
         raise RunLockedError(f"could not take the lock {self.path}: other processes keep replacing it; "
@@ -193,11 +197,41 @@ class RunLock:
 
 
 @contextlib.contextmanager
-def hold_run_lock(run_dir: str | os.PathLike[str], stale_s: float | None = None) -> Iterator[RunLock]:
-    """Hold ``run_dir``'s lock for the block (the folder must exist)."""
-    lock = RunLock(run_dir, stale_s)
+def hold_run_lock(run_dir: str | os.PathLike[str], stale_s: float | None = None, name: str = LOCK_NAME,
+                  what: str = "", advice: str = "") -> Iterator[RunLock]:
+    """Hold ``run_dir``'s lock (``name``) for the block (the folder must exist)."""
+    lock = RunLock(run_dir, stale_s, name, what, advice)
     lock.acquire()
     try:
         yield lock
     finally:
         lock.release()
+
+
+
+def prep_task_lock(out: str | os.PathLike[str], task_index: int, n_tasks: int) -> contextlib.AbstractContextManager[RunLock]:
+    """The lock of one prep array task, beside ``out`` (``out`` itself stays untouched until the prep has
+    checked its inputs): the same task started twice at once is refused, not interleaved."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return hold_run_lock(out.parent, name=f".{out.name}.prep-task-{task_index:05d}-of-{n_tasks:05d}.lock",
+                         what=f"prep task {task_index} of {n_tasks} for {out}",
+                         advice="let it finish (a re-run afterwards skips what it completed)")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_run_per_prep_task(prep: F) -> F:
+    """Run ``prep(src, out, ..., task_index=, n_tasks=)`` holding its task's lock (see :func:`prep_task_lock`)."""
+    signature = inspect.signature(prep)
+
+    @functools.wraps(prep)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        with prep_task_lock(given["out"], int(given["task_index"]), int(given["n_tasks"])):
+            return prep(*args, **kwargs)
+
+    return locked  # type: ignore[return-value]

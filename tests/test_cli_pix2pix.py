@@ -152,6 +152,8 @@ def test_infer_refuses_a_ct_that_is_not_in_hu(trained: Path, tmp_path: Path) -> 
     unit = (hu - hu.min()) / (hu.max() - hu.min())  # normalised to [0, 1]: the outputs would come out constant
     nib.save(nib.Nifti1Image(unit, image.affine), str(folder / "normalised.nii.gz"))
     nib.save(nib.Nifti1Image(hu, image.affine), str(folder / "fine.nii.gz"))
+    (folder / "readme.txt").write_text("not a volume")
+    (folder / "moved.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
     result = _cli("infer", "pix2pix", "--checkpoint", str(_checkpoint(trained)), "--input",
                   str(folder / "normalised.nii.gz"), "--out", str(tmp_path / "o.nii.gz"), "--device", "cpu")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -161,6 +163,7 @@ def test_infer_refuses_a_ct_that_is_not_in_hu(trained: Path, tmp_path: Path) -> 
                  "--out-dir", str(tmp_path / "out"), "--device", "cpu")
     assert batch.returncode == 0, batch.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["fine.nii.gz"]
-    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv")
-    assert skipped["input"].str.endswith("normalised.nii.gz").tolist() == [True]
-    assert "not HU" in skipped["reason"][0]
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv").set_index("input")["reason"]
+    assert sorted(Path(p).name for p in skipped.index) == ["moved.nii.gz", "normalised.nii.gz", "readme.txt"]
+    assert "not HU" in skipped[str(folder / "normalised.nii.gz")]
+    assert "broken symbolic link" in skipped[str(folder / "moved.nii.gz")]

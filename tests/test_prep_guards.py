@@ -107,3 +107,69 @@ def test_prep_refuses_an_out_folder_holding_another_data_set(tmp_path):
     result = ctpipe("prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(mine))
     assert result.returncode == 2 and "thesis.tex" in result.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_nifti_pairs_reports_every_file_it_does_not_use_and_cleans_a_killed_tasks_temporaries(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    assert ctpipe("prep", "synth-phases", "--out", str(src), "--n", "3", "--size", "16", "--n-slices", "2",
+                  "--oversample", "1").returncode == 0
+    (src / "trainA" / "notes.txt").write_text("not an image")
+    (src / "trainA" / "gone.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    (src / "trainB" / "old").mkdir()
+    (src / "trainB" / "patient_9.nii.gz").symlink_to(src / "trainB" / "patient_0.nii.gz")  # a link is used
+    (src / "trainA" / "patient_9.nii.gz").symlink_to(src / "trainA" / "patient_0.nii.gz")
+    result = ctpipe("prep", "nifti-pairs", "--src", str(src), "--out", str(out), "--size", "16")
+    assert result.returncode == 0, result.stderr[-2000:]
+    skipped = report(out / "prep_report.csv")
+    assert set(skipped) == {"notes.txt", "gone.nii.gz", "old"}, skipped
+    assert "broken symbolic link" in skipped["gone.nii.gz"] and "folder" in skipped["old"]
+    assert "skipped trainA/gone.nii.gz" in result.stdout
+    assert "4 volumes" in result.stdout  # patient_9 (symbolic links to real files) is used
+    # what a task killed mid-write leaves: temporary files of a volume shard, its task record, the manifest
+    planted = [out / "volumes" / ".shard-00001.h5.k1ll3d.tmp", out / "prep_tasks" / ".task-00000-of-00001.json.x9.tmp",
+               out / ".manifest.json.abc.tmp", out / ".shard-00002.h5.q.tmp"]
+    for path in planted:
+        path.write_bytes(b"half written")
+    again = ctpipe("prep", "nifti-pairs", "--src", str(src), "--out", str(out), "--size", "16")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert not [p for p in out.rglob("*.tmp")]
+    bad = ctpipe("prep", "nifti-pairs", "--src", str(src), "--out", str(tmp_path / "o2"), "--split-fractions",
+                 "0.5,0.2")
+    assert bad.returncode == 2 and "--split-fractions 0.5,0.2" in bad.stderr and "sum to 1" in bad.stderr
+    assert not (tmp_path / "o2").exists()  # refused before any volume was read
+
+
+
+def test_the_same_prep_task_started_twice_at_once_is_refused_cleanly(tmp_path):
+    import os
+    import signal
+    import time
+
+    from ctpipe.data.synthetic import write_synthetic_lodopab
+    from ctpipe.ops.geometry import ParallelBeamGeometry
+
+    write_synthetic_lodopab(tmp_path / "raw", n=32, size="small", seed=1, samples_per_file=8,
+                            geometry=ParallelBeamGeometry.lodopab().scaled(16, 12), progress=False)
+    args = ["prep", "lodopab", "--src", str(tmp_path / "raw"), "--out", str(tmp_path / "out"), "--task-index", "0",
+            "--n-tasks", "1"]
+    lock = tmp_path / ".out.prep-task-00000-of-00001.lock"
+    first = subprocess.Popen([sys.executable, "-m", "ctpipe", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        start = time.monotonic()
+        while not lock.exists():
+            assert first.poll() is None and time.monotonic() - start < 120, first.communicate()
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGSTOP)  # the first run holds its task, mid-work
+        second = ctpipe(*args)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        assert f"prep task 0 of 1 for {tmp_path / 'out'} is in use by pid {first.pid}" in second.stderr
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.communicate()
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert (tmp_path / "out" / "manifest.json").is_file() and not lock.exists()
+    assert ctpipe(*args).returncode == 0  # a later run of the same task is fine

@@ -78,6 +78,7 @@ from ctpipe.ops.drr import (
     hu_to_mu,
     render_drr,
 )
+from ctpipe.runlock import one_run_per_prep_task
 
 HU_WINDOW = (-1024.0, 1476.0)  # X2CT-GAN: HU + 1024 clipped to [0, 2500], scaled to [0, 1]
 AIR_HU = -1024.0
@@ -430,6 +431,7 @@ def _finish(out: Path, n_groups: int, config: DRRPrepConfig, split_fractions: Se
     return report, manifest, len(non_empty)
 
 
+@one_run_per_prep_task
 def prep_drr(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],

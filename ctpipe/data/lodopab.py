@@ -44,6 +44,7 @@ from ctpipe.data.shards import (
 )
 from ctpipe.errors import UserError
 from ctpipe.ops.geometry import ParallelBeamGeometry
+from ctpipe.runlock import one_run_per_prep_task
 
 PARTS = ("train", "validation", "test")
 DATA_KEY = "data"
@@ -316,6 +317,7 @@ def _write_pair(out: Path, pair: RawPair, layout: RawLayout) -> None:
                 list(pair.patient_ids), attrs={**_attrs(layout), "part": pair.part}, source_files=pair.source_files)
 
 
+@one_run_per_prep_task
 def prep_lodopab(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
