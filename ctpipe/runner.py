@@ -278,7 +278,12 @@ def _run_locked(spec: Any, cfg: Any, run_dir: Path, device: torch.device, env: A
                           config_dict=to_dict(cfg), force_resume=force_resume,
                           batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
 
+    written: list[bool] = []
+
     def write_config() -> None:
+        if written:
+            return
+        written.append(True)
         if not env.is_main:
             return
         if changes:
@@ -291,6 +296,7 @@ def _run_locked(spec: Any, cfg: Any, run_dir: Path, device: torch.device, env: A
     flag = trainer.stop_flag
     with flag.installed():
         result: FitResult = trainer.fit()
+    write_config()  # no-op when the resume check already wrote it (the trainer always checks first)
     status = result.status
     if evaluate and status in ("completed", "early_stopped"):
         if _final_evaluation(spec, cfg, task, run_dir, device, env, flag):
