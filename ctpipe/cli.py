@@ -418,6 +418,15 @@ def _raised_by_ctpipe(err: BaseException) -> bool:
     return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
 
 
+def _unwrap_worker_message(text: str, name: str) -> str:
+    """A DataLoader worker's error arrives as "Caught X in DataLoader worker ... Original Traceback ...: msg";
+    keep the message."""
+    if "Original Traceback" not in text:
+        return text
+    marker = f"{name}: "
+    return text[text.rindex(marker) + len(marker):].strip() if marker in text else text
+
+
 def user_message(err: BaseException) -> str | None:
     """The one-line message for an error that is the user's to fix; None for a bug (keep the traceback)."""
     if isinstance(err, DiskFullError):
@@ -426,7 +435,7 @@ def user_message(err: BaseException) -> str | None:
         where = getattr(err, "filename", None) or "the output's file system"
         return str(DiskFullError(where))
     if isinstance(err, (UserError, CheckpointError)):
-        return str(err)
+        return _unwrap_worker_message(str(err), type(err).__name__)
     if isinstance(err, OSError) and err.filename is not None:  # a path that is missing, a folder, unreadable
         return f"{err.filename}: {err.strerror or err}; check the path and its permissions"
     if isinstance(err, (ValueError, KeyError, FileNotFoundError)) and _raised_by_ctpipe(err):

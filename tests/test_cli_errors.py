@@ -87,3 +87,23 @@ def test_a_non_finite_sample_names_the_shard_and_the_sample(tiny_lodopab, tmp_pa
     result = ctpipe("train", "fbp_window", "--run-dir", str(tmp_path / "r"), f"data.root={root}", "train.epochs=1",
                     "data.batch_size=8", "train.device=cpu", "data.num_workers=0")
     clean(result, str(shard), repr(sample_id), "NaN/Inf")
+
+
+def test_an_error_raised_in_a_dataloader_worker_keeps_its_one_line_message(tmp_path):
+    from ctpipe.cli import user_message
+    from ctpipe.data.shards import ShardSetError
+
+    def worker_error() -> ShardSetError:  # how torch re-raises an error of a DataLoader worker
+        from torch._utils import ExceptionWrapper
+
+        try:
+            raise ShardSetError("shard x.h5, sample 'a': field 'image' holds 1 NaN/Inf values")
+        except ShardSetError:
+            wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+        try:
+            wrapped.reraise()
+        except ShardSetError as error:
+            return error
+        raise AssertionError("not re-raised")
+
+    assert user_message(worker_error()) == "shard x.h5, sample 'a': field 'image' holds 1 NaN/Inf values"
