@@ -19,11 +19,11 @@ import torch
 from ctpipe import distributed as dist_utils
 from ctpipe.atomic import atomic_write_json
 from ctpipe.config import ConfigError, build_config, load_json, to_dict
-from ctpipe.errors import RunFolderError
+from ctpipe.errors import RunFolderError, UserError
 from ctpipe.paths import stage_configs_dir
 from ctpipe.runlock import RunLock, RunLockedError
 from ctpipe.stages import get_stage
-from ctpipe.train import ConfigMismatchError, FitResult, StopFlag, Trainer, seed_everything
+from ctpipe.train import ConfigMismatchError, FitResult, NonFiniteLossError, StopFlag, Trainer, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ class RunResult:
 
 def stage_config_path(stage: str) -> Path:
     return stage_configs_dir() / f"{stage}.json"
+
+
+class TrainingDivergedError(UserError):
+    """The loss became NaN/Inf; the message names the run, epoch and step."""
 
 
 class ResumeRefusedError(RunFolderError):
@@ -295,7 +299,14 @@ def _run_locked(spec: Any, cfg: Any, run_dir: Path, device: torch.device, env: A
     trainer.on_resume_checked = write_config
     flag = trainer.stop_flag
     with flag.installed():
-        result: FitResult = trainer.fit()
+        try:
+            result: FitResult = trainer.fit()
+        except NonFiniteLossError as err:
+            state = trainer.state
+            raise TrainingDivergedError(
+                f"{run_dir}: {err} at epoch {state['epoch'] + 1}, step {state['step_in_epoch'] + 1} (global step "
+                f"{state['global_step'] + 1}); earlier checkpoints are kept. Lower optim.lr, set train.grad_clip or "
+                "check the data, then resume with those settings and --force-resume, or use a new --run-dir") from None
     write_config()  # no-op when the resume check already wrote it (the trainer always checks first)
     status = result.status
     if evaluate and status in ("completed", "early_stopped"):

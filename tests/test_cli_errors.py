@@ -107,3 +107,9 @@ def test_an_error_raised_in_a_dataloader_worker_keeps_its_one_line_message(tmp_p
         raise AssertionError("not re-raised")
 
     assert user_message(worker_error()) == "shard x.h5, sample 'a': field 'image' holds 1 NaN/Inf values"
+
+
+def test_a_diverging_run_names_the_step_and_how_to_go_on(tiny_lodopab, tmp_path):
+    result = ctpipe("train", "fbp_window", "--run-dir", str(tmp_path / "r"), f"data.root={tiny_lodopab}",
+                    "data.batch_size=8", "train.device=cpu", "optim.lr=1e30", "train.epochs=2")
+    clean(result, "non-finite loss", "epoch 1, step", "--force-resume", str(tmp_path / "r"))
