@@ -290,7 +290,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("stage")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--config", default=None, help="config JSON (default: jobs/configs/<stage>.json)")
-    p.add_argument("--force-resume", action="store_true", help="resume even if model/optimizer settings changed")
+    p.add_argument("--force-resume", action="store_true", help="resume although settings or data changed (the change is recorded in events.jsonl)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
     p.set_defaults(func=_train)
     p = sub.add_parser("submit", help="submit a stage through submitit (local executor by default); "

@@ -3,7 +3,6 @@ shared project folder stays readable by the group when the umask says so."""
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
