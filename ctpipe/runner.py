@@ -167,10 +167,12 @@ def _run_folder_lock(run_dir: Path, env: Any) -> Iterator[None]:
             lock.acquire()
             if lock.took_over:
                 log.warning("took over the lock of %s: %s", run_dir, lock.took_over)
-        except RunLockedError as err:
+        except UserError as err:  # held by another process, or no space left for the lock file
+            if not env.distributed:
+                raise
             lock, refusal = None, str(err)
     refusal = dist_utils.broadcast_object(refusal) if env.distributed else refusal
-    if refusal is not None:
+    if refusal is not None:  # every rank stops with rank 0's reason
         raise RunLockedError(refusal)
     try:
         yield
