@@ -1,16 +1,23 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
 
-A reader never sees a half-written file: either the old content or the complete new one.
+A reader never sees a half-written file: either the old content or the complete new one. The file ends
+with the permissions a plain ``open(target, "w")`` would have given it: those of the file it replaces, else
+``0o666`` less the process umask (so collaborators on a shared project folder can read it when the umask
+says so). A full disk raises :class:`ctpipe.errors.DiskFullError` naming the target, with nothing left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from ctpipe.errors import DiskFullError, is_disk_full
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -24,6 +31,59 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets it to read it)."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(target: Path) -> int:
+    """The mode ``open(target, "w")`` would leave: the existing file's, else 0o666 less the umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
+def no_space_left(folder: Path, probe_bytes: int = 1 << 16) -> bool:
+    """True when ``folder``'s file system (or the user's quota there) cannot take ``probe_bytes`` more."""
+    probe = folder / f".ctpipe-space-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as error:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        os.write(fd, b"\0" * probe_bytes)
+        os.fsync(fd)
+    except OSError as error:
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return False
+
+
+def check_free_space(target: str | os.PathLike[str], needed_bytes: int) -> None:
+    """Refuse to start a write of about ``needed_bytes`` that cannot fit (a library that meets a full disk
+    half-way may leave a mess, e.g. HDF5)."""
+    folder = Path(target).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if free < needed_bytes:
+        raise DiskFullError(f"{folder} ({free} bytes free, {Path(target).name} needs about {needed_bytes})")
 
 
 @contextlib.contextmanager
@@ -41,11 +101,18 @@ def atomic_path(target: str | os.PathLike[str], suffix: str = ".tmp") -> Iterato
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), plain_write_mode(target))
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as error:
+        # before the temporary file is removed (that frees space): libraries such as torch.save report a
+        # full disk without its errno, so a failed write is checked against the file system itself
+        full = isinstance(error, OSError | RuntimeError) and not isinstance(error, DiskFullError) and (
+            is_disk_full(error) or no_space_left(target.parent))
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if full:
+            raise DiskFullError(target) from error
         raise
 
 

@@ -109,7 +109,8 @@ def archive_run(run_dir: str | Path, stamp: str | None = None) -> Path | None:
     import datetime
 
     run_dir = Path(run_dir)
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith("archive-")] if run_dir.is_dir() else []
+    keep = ("archive-", "run.lock")  # earlier archives; the lock of the process restarting the run
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith(keep)] if run_dir.is_dir() else []
     if not entries:
         return None
     stamp = stamp or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")

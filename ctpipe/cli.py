@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ctpipe.checkpoint import CheckpointError
-from ctpipe.config import ConfigError
+from ctpipe.errors import DiskFullError, UserError, is_disk_full
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _array_task(args: argparse.Namespace) -> tuple[int, int]:
@@ -293,7 +295,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("stage")
     p.add_argument("--run-dir", required=True)
     p.add_argument("--config", default=None, help="config JSON (default: jobs/configs/<stage>.json)")
-    p.add_argument("--force-resume", action="store_true", help="resume even if model/optimizer settings changed")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume although settings or data changed (the change is recorded in events.jsonl)")
     p.add_argument("--restart", action="store_true",
                    help="move the run folder's old content to RUN_DIR/archive-<time>/ and train anew (e.g. when "
                         "no checkpoint of it is readable)")
@@ -435,13 +438,49 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _raised_by_ctpipe(err: BaseException) -> bool:
+    """True when ctpipe's own code raised ``err`` (with a message for the user), not a library deep below."""
+    tb = err.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def _unwrap_worker_message(text: str, name: str) -> str:
+    """A DataLoader worker's error arrives as "Caught X in DataLoader worker ... Original Traceback ...: msg";
+    keep the message."""
+    if "Original Traceback" not in text:
+        return text
+    marker = f"{name}: "
+    return text[text.rindex(marker) + len(marker):].strip() if marker in text else text
+
+
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an error that is the user's to fix; None for a bug (keep the traceback)."""
+    if isinstance(err, DiskFullError):
+        return str(err)
+    if is_disk_full(err):
+        where = getattr(err, "filename", None) or "the output's file system"
+        return str(DiskFullError(where))
+    if isinstance(err, (UserError, CheckpointError)):
+        return _unwrap_worker_message(str(err), type(err).__name__)
+    if isinstance(err, OSError) and err.filename is not None:  # a path that is missing, a folder, unreadable
+        return f"{err.filename}: {err.strerror or err}; check the path and its permissions"
+    if isinstance(err, (ValueError, KeyError, FileNotFoundError)) and _raised_by_ctpipe(err):
+        return str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, CheckpointError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except Exception as err:
+        message = user_message(err)
+        if message is None or os.environ.get("CTPIPE_TRACEBACK") == "1":
+            raise
         print(f"ctpipe {args.command}: error: {message}", file=sys.stderr)
         sys.exit(2)
 

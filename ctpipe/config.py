@@ -12,10 +12,12 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from ctpipe.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration file or override is invalid; the message says where and how to fix it."""
 
 
@@ -208,6 +210,10 @@ def load_json(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; pass an existing JSON file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; pass a JSON file, e.g. {path}/<stage>.json") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({err}); pass a readable JSON file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -219,4 +225,25 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = (), where: str = "config") -> T:
     """Merge overrides into ``data`` and validate it as ``cls``."""
-    return from_dict(cls, apply_overrides(data, overrides), where)
+    config = from_dict(cls, apply_overrides(data, overrides), where)
+    check_counts(config, where)
+    return config
+
+
+# integer settings that count something and must be at least 1 (batch sizes by their suffix)
+_AT_LEAST_ONE = frozenset({"grad_accum", "val_every", "log_every", "max_steps_per_epoch"})
+_AT_LEAST_ZERO = frozenset({"epochs", "num_workers", "checkpoint_every", "segment_epochs", "early_stopping_patience"})
+
+
+def check_counts(config: Any, where: str = "config", prefix: str = "") -> None:
+    """Refuse a zero/negative batch size, epoch count, ... anywhere in a config, naming the key."""
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_counts(value, where, f"{key}.")
+        elif isinstance(value, bool) or not isinstance(value, int):
+            continue
+        elif (f.name.endswith("batch_size") or f.name in _AT_LEAST_ONE) and value < 1:
+            raise ConfigError(f"{where}: {key}={value} must be at least 1; set {key}=1 or more")
+        elif f.name in _AT_LEAST_ZERO and value < 0:
+            raise ConfigError(f"{where}: {key}={value} must not be negative; set {key}=0 or more")

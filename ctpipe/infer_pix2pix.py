@@ -27,7 +27,28 @@ from ctpipe import metrics
 from ctpipe.atomic import atomic_write_frame
 from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
                                     iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
-                                    unit_to_hu)
+                                    unit_to_hu, unusable_entries, volume_hu_problem)
+from ctpipe.errors import UserError
+
+
+class OverwriteRefusedError(UserError):
+    """An output path that would replace an input."""
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def refuse_overwrite(out: str | os.PathLike[str], inputs: dict[str, str | os.PathLike[str] | None]) -> None:
+    """Refuse an output (file or folder) that is one of ``inputs`` (``{option: path}``), links included."""
+    out = Path(out)
+    for option, given in inputs.items():
+        if given is not None and _same_path(out, Path(given)):
+            raise OverwriteRefusedError(f"the output {out} is the same as {option} {given}: it would overwrite "
+                                        "the input; write the predictions somewhere else")
 
 SSIM_CHUNK = 32  # slices per SSIM call (bounds memory for 512^2 x hundreds of slices)
 
@@ -59,10 +80,14 @@ def infer_volume(generator: nn.Module, in_path: str | os.PathLike[str], out_path
     from a manifest). The generator is switched to eval mode (BatchNorm running stats, no dropout) and
     restored to its previous mode afterwards.
     """
+    refuse_overwrite(out_path, {"the input": in_path})
     try:
         volume = load_volume(in_path)
     except VolumeError as error:
         raise VolumeError(f"{in_path}: {error}") from error
+    problem = volume_hu_problem(volume)
+    if problem is not None:
+        raise VolumeError(f"{in_path}: {problem}")
     slices = canonical_slices(volume.data, volume.affine)
     was_training = generator.training
     generator.eval()
@@ -172,10 +197,11 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
     NIfTI is written, its metrics row is not). Raises only when no input at all could be predicted.
     """
     out_dir = Path(out_dir)
+    refuse_overwrite(out_dir, {"the input folder": in_dir, "the target folder": target_dir})
     paths = list(iter_volume_paths(in_dir))
     if not paths:
         raise FileNotFoundError(f"no .nii/.nii.gz files in {in_dir}")
-    outputs, rows, skipped = [], [], []
+    outputs, rows, skipped = [], [], [(path, reason) for path, reason in unusable_entries(in_dir)]
     for path in paths:
         try:
             out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)

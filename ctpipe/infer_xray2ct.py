@@ -29,7 +29,31 @@ import numpy as np
 import torch
 
 from ctpipe.atomic import atomic_path
+from ctpipe.errors import UserError
 
+XRAY_RANGE = (0.0, 1.0)  # drr_to_image's output range
+XRAY_TOLERANCE = 0.05  # interpolation or a different renderer may overshoot a little; far outside is refused
+INPUT_STAGES = ("stage1_64", "direct_256")
+
+
+class XRayInputError(UserError, ValueError):
+    """X-rays that a model cannot take: wrong shape, NaN/Inf, values far outside [0, 1]."""
+
+
+def check_xray_values(xray: np.ndarray, where: str) -> None:
+    """Refuse NaN/Inf (naming the first bad pixel) and values far outside [0, 1]."""
+    finite = np.isfinite(xray)
+    if not finite.all():
+        view, row, col = (int(i) for i in np.argwhere(~finite)[0])
+        raise XRayInputError(f"{where}: {int(np.size(xray) - finite.sum())} NaN/Inf values (first in the "
+                             f"{('frontal', 'lateral')[view]} view at row {row}, column {col}); the model would "
+                             "return NaN everywhere. Fix the X-ray images (e.g. replace missing pixels)")
+    low, high = float(xray.min()), float(xray.max())
+    lo, hi = XRAY_RANGE
+    if low < lo - XRAY_TOLERANCE or high > hi + XRAY_TOLERANCE:
+        raise XRayInputError(f"{where}: values span [{low:.4g}, {high:.4g}], expected [{lo:g}, {hi:g}] as "
+                             "`ctpipe prep drr` renders them (ctpipe.ops.drr.drr_to_image); rescale the X-rays "
+                             "the same way")
 
 @dataclass(frozen=True)
 class XRayInput:
@@ -56,12 +80,17 @@ def load_xrays(xrays: str | os.PathLike[str], sample_id: str | None = None, fov_
         raise ValueError(f"--xrays {path}: pass an .npy file (2, n, n) or a shard-set folder with --sample-id")
     if not path.is_file():
         raise FileNotFoundError(f"--xrays {path} does not exist")
-    array = np.load(path).astype(np.float32)
+    try:
+        array = np.load(path).astype(np.float32)
+    except (ValueError, TypeError, OSError) as error:
+        raise XRayInputError(f"--xrays {path} is not a numeric .npy array ({error}); save it with "
+                             "numpy.save(path, array) as float (2, n, n)") from None
     if array.ndim != 3 or array.shape[0] != 2 or array.shape[1] != array.shape[2]:
         raise ValueError(f"--xrays {path}: expected an array (2, n, n) = (frontal, lateral), got {array.shape}")
     if fov_mm is None or not fov_mm > 0:
         raise ValueError(f"--xrays {path} is an .npy file: give the field of view of the volume it shows with "
                          "--fov-mm (e.g. 320), or pass a shard-set folder with --sample-id")
+    check_xray_values(array, f"--xrays {path}")
     return XRayInput(array, float(fov_mm), str(path))
 
 
@@ -80,6 +109,7 @@ def _shard_sample(root: Path, sample_id: str | None, fov_mm: float | None) -> XR
                 row = ids.index(sample_id)
                 xray = np.asarray(handle["xray"][row], dtype=np.float32)
                 fov = float(handle["fov_mm"][row][0]) if fov_mm is None else float(fov_mm)
+                check_xray_values(xray, f"--xrays {root} sample {sample_id!r}")
                 return XRayInput(xray, fov, f"{root}:{sample_id}")
     raise KeyError(f"sample {sample_id!r} is not in the shard set {root}")
 
@@ -120,6 +150,11 @@ def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, re
     device = torch.device(device)
     state = load_checkpoint(checkpoint)
     config = checkpoint_config(state, checkpoint)
+    if config.get("stage") not in INPUT_STAGES:
+        hint = " (a refine_256 checkpoint goes with --refine, next to a stage1_64 --checkpoint)" \
+            if config.get("stage") == "refine_256" else ""
+        raise XRayInputError(f"--checkpoint {checkpoint} is a {config.get('stage')!r} checkpoint; `infer xray2ct` "
+                             f"takes a {' or '.join(INPUT_STAGES)} run's checkpoints/best.pt{hint}")
     window = tuple(float(v) for v in config["data"]["hu_window"])
     batch = torch.from_numpy(np.ascontiguousarray(xray))[None].to(device)
     if config.get("stage") == "direct_256":

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ctpipe.atomic import atomic_path, atomic_write_frame
+from ctpipe.errors import UserError
+from ctpipe.stages.base import EVAL_COUNTS
 
 # Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
 # non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
@@ -83,11 +85,48 @@ def row_experiment(run: RunFiles, model: str) -> str:
     return "baseline" if reference else str(run.config.get("experiment", run.stage))
 
 
+class EvalTableError(UserError):
+    """Per-sample tables that do not hold the number of samples their run scored."""
+
+
+def _scored_counts(folder: Path) -> dict[str, int] | None:
+    """``{model: samples scored}`` recorded beside the tables of one eval folder (None for older runs)."""
+    try:
+        data = json.loads((folder / EVAL_COUNTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def check_eval_table(csv_path: Path, frame: pd.DataFrame) -> str | None:
+    """Why ``csv_path`` disagrees with the count its run recorded (None when it agrees or none was recorded)."""
+    counts = _scored_counts(csv_path.parent)
+    if counts is None:
+        return None
+    expected = counts.get(csv_path.stem)
+    if expected is None:
+        return f"{csv_path}: not written by this evaluation (its {EVAL_COUNTS} lists {sorted(counts)})"
+    if len(frame) != expected:
+        return f"{csv_path}: {len(frame)} rows, but the run scored {expected} samples"
+    return None
+
+
+def _read_eval_table(csv_path: Path) -> pd.DataFrame | str:
+    try:
+        frame = pd.read_csv(csv_path)
+    except (OSError, ValueError) as error:  # empty or garbled
+        return f"{csv_path}: unreadable ({error})"
+    return check_eval_table(csv_path, frame) or frame
+
+
 def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
-    frames = []
+    frames, problems = [], []
     for run in runs:
         for csv_path in sorted((run.run_dir / "eval").glob("*/*.csv")):
-            frame = pd.read_csv(csv_path)
+            frame = _read_eval_table(csv_path)
+            if isinstance(frame, str):
+                problems.append(frame)
+                continue
             split = csv_path.parent.name
             model = str(frame["model"].iloc[0]) if len(frame) else csv_path.stem
             experiment = row_experiment(run, model)
@@ -96,6 +135,10 @@ def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
             frame.insert(0, "stage", run.stage)
             frame.insert(0, "run", str(run.run_dir))
             frames.append(frame)
+    if problems:
+        raise EvalTableError(f"{len(problems)} evaluation table(s) do not hold what their run scored: "
+                             + "; ".join(problems) + ". Nothing was aggregated. Run `ctpipe train` on those run "
+                             "folders again (a finished run only re-evaluates), or move them out of --runs")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -35,24 +35,21 @@ from ctpipe import checkpoint as ckpt
 from ctpipe import distributed as dist_utils
 from ctpipe.atomic import atomic_write_text
 from ctpipe.config import SchedulerConfig, TrainConfig
+from ctpipe.errors import RunFolderError, UserError
 from ctpipe.schedules import EpochScheduler
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(RunFolderError, RuntimeError):
     """A run folder's checkpoint was made with a different model/optimizer configuration."""
 
 
-class RunFolderError(RuntimeError):
-    """A run folder holds earlier training but no readable checkpoint to resume it from."""
-
-
-class NondeterministicOpError(RuntimeError):
+class NondeterministicOpError(UserError, RuntimeError):
     """``train.deterministic=true`` and an operation of the model has no deterministic kernel."""
 
 

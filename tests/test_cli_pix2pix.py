@@ -3,6 +3,9 @@ and folder mode) and `ctpipe aggregate` listing the pix2pix and identity rows.""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -118,3 +121,49 @@ def test_prep_rejects_a_bad_hu_window(value: str, message: str, tmp_path: Path,
         main(["prep", "nifti-pairs", "--src", str(tmp_path), "--out", str(tmp_path / "out"), "--hu-window", value])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctpipe", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_infer_refuses_an_output_that_would_replace_an_input(trained: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    shutil.copytree(trained / "src" / "trainA", folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    victim = folder / "patient_1.nii.gz"
+    (tmp_path / "link.nii.gz").symlink_to(victim)
+    checkpoint = str(_checkpoint(trained))
+    for args in (["--input", str(victim), "--out", str(victim)],
+                 ["--input", str(victim), "--out", str(tmp_path / "link.nii.gz")],
+                 ["--input-dir", str(folder), "--out-dir", str(folder)],
+                 ["--input-dir", str(trained / "src" / "trainB"), "--out-dir", str(folder), "--target-dir", str(folder)]):
+        result = _cli("infer", "pix2pix", "--checkpoint", checkpoint, *args, "--device", "cpu")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert "would overwrite" in result.stderr, result.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_infer_refuses_a_ct_that_is_not_in_hu(trained: Path, tmp_path: Path) -> None:
+    image = nib.load(str(trained / "src" / "trainA" / "patient_0.nii.gz"))
+    hu = image.get_fdata(dtype=np.float32)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    unit = (hu - hu.min()) / (hu.max() - hu.min())  # normalised to [0, 1]: the outputs would come out constant
+    nib.save(nib.Nifti1Image(unit, image.affine), str(folder / "normalised.nii.gz"))
+    nib.save(nib.Nifti1Image(hu, image.affine), str(folder / "fine.nii.gz"))
+    (folder / "readme.txt").write_text("not a volume")
+    (folder / "moved.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    result = _cli("infer", "pix2pix", "--checkpoint", str(_checkpoint(trained)), "--input",
+                  str(folder / "normalised.nii.gz"), "--out", str(tmp_path / "o.nii.gz"), "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "normalised.nii.gz" in result.stderr and "values span [0, 1]" in result.stderr
+    assert not (tmp_path / "o.nii.gz").exists()
+    batch = _cli("infer", "pix2pix", "--checkpoint", str(_checkpoint(trained)), "--input-dir", str(folder),
+                 "--out-dir", str(tmp_path / "out"), "--device", "cpu")
+    assert batch.returncode == 0, batch.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["fine.nii.gz"]
+    skipped = pd.read_csv(tmp_path / "out" / "skipped.csv").set_index("input")["reason"]
+    assert sorted(Path(p).name for p in skipped.index) == ["moved.nii.gz", "normalised.nii.gz", "readme.txt"]
+    assert "not HU" in skipped[str(folder / "normalised.nii.gz")]
+    assert "broken symbolic link" in skipped[str(folder / "moved.nii.gz")]

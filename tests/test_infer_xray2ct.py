@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -73,3 +75,25 @@ def test_npy_without_fov_is_refused(trained, tmp_path: Path) -> None:
         infer_xray2ct(stage1, shards, tmp_path / "x.nii.gz")
     with pytest.raises(ValueError, match=".nii"):
         infer_xray2ct(stage1, shards, tmp_path / "x.npy", sample_id="ct_0001")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctpipe", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_nan_or_out_of_range_xrays_and_a_wrong_checkpoint_are_refused(trained, tmp_path: Path) -> None:
+    shards, stage1, refine = trained
+    good = load_xrays(shards, "ct_0002").xray
+    nan, loud = good.copy(), good * 100.0
+    nan[1, 3, 4] = np.nan
+    cases = {"nan": (nan, stage1, ["NaN/Inf", "lateral view at row 3, column 4"]),
+             "loud": (loud, stage1, ["values span", "expected [0, 1]"]),
+             "wrong_stage": (good, refine, ["'refine_256' checkpoint", "--refine"])}
+    for name, (array, checkpoint, fragments) in cases.items():
+        np.save(tmp_path / f"{name}.npy", array)
+        out = tmp_path / f"{name}.nii.gz"
+        result = _cli("infer", "xray2ct", "--checkpoint", str(checkpoint), "--xrays", str(tmp_path / f"{name}.npy"),
+                      "--out", str(out), "--fov-mm", "320", "--device", "cpu")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+        assert all(f in result.stderr for f in fragments), (name, result.stderr)
+        assert not out.exists() and not list(tmp_path.glob(f".{name}*"))

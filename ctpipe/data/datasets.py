@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -44,6 +44,20 @@ def _split_index(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray
     if not shards:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(shards), np.concatenate(rows)
+
+
+def check_split_names(root: str | os.PathLike[str], names: Mapping[str, str]) -> None:
+    """Refuse a configured split name (``{option: name}``) that the shard set at ``root`` does not have.
+
+    An empty name means "no such split" on purpose (e.g. ``data.val_split=`` to train without validation).
+    """
+    manifest = read_manifest(root)
+    unknown = {option: name for option, name in names.items() if name and name not in manifest.splits}
+    if unknown:
+        described = ", ".join(f"{option}={name!r}" for option, name in unknown.items())
+        raise ShardSetError(
+            f"{described}: no such split in the shard set {manifest.root} (its splits: {sorted(manifest.splits)}); "
+            f"set {next(iter(unknown))} to one of them (or to an empty value to go without that split)")
 
 
 class ShardDataset(Dataset):
@@ -109,6 +123,15 @@ class ShardDataset(Dataset):
                 handle.close()
         self._handles = {}
 
+    def _non_finite(self, index: int, name: str, array: np.ndarray) -> None:
+        handle = self._handle(int(self._shard_of[index]))
+        row = int(self._row_of[index])
+        path = self.manifest.shard_path(self.manifest.shards[int(self._shard_of[index])])
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise ShardSetError(f"shard {path}, sample {handle[SAMPLE_ID_KEY].asstr()[row]!r} (row {row}, split "
+                            f"{self.split!r}): field {name!r} holds {bad} NaN/Inf values; nothing was trained on it. "
+                            "Re-run the prep that wrote this set (it refuses non-finite data) or remove the sample")
+
     # ---- access ----------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self)
@@ -120,6 +143,8 @@ class ShardDataset(Dataset):
         sample: dict[str, Any] = {}
         for name in self.fields:
             array = np.asarray(handle[name][row], dtype=np.float32)
+            if not np.isfinite(array).all():
+                self._non_finite(index, name, array)
             sample[name] = torch.from_numpy(array).unsqueeze(0)
         sample[SAMPLE_ID_KEY] = handle[SAMPLE_ID_KEY].asstr()[row]
         sample[PATIENT_ID_KEY] = handle[PATIENT_ID_KEY].asstr()[row]

@@ -51,11 +51,12 @@ import torch
 import torch.nn.functional as F
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
-from ctpipe.data.nifti_io import read_nifti
+from ctpipe.data.nifti_io import hu_range_problem, read_nifti
 from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
     ShardSetError,
+    claim_output,
     finalize_manifest,
     patient_split,
     read_sidecar,
@@ -77,6 +78,7 @@ from ctpipe.ops.drr import (
     hu_to_mu,
     render_drr,
 )
+from ctpipe.runlock import one_run_per_prep_task
 
 HU_WINDOW = (-1024.0, 1476.0)  # X2CT-GAN: HU + 1024 clipped to [0, 2500], scaled to [0, 1]
 AIR_HU = -1024.0
@@ -184,6 +186,9 @@ def load_ct(path: str | os.PathLike[str]) -> CTVolume:
         raise BadInput(f"{int(np.size(hu) - np.isfinite(hu).sum())} voxels are NaN or infinite")
     if float(hu.max()) == float(hu.min()):
         raise BadInput(f"all voxels have the same value ({float(hu.min())})")
+    problem = hu_range_problem(float(hu.min()), float(hu.max()))
+    if problem is not None:
+        raise BadInput(problem)
     spacing = tuple(float(s) for s in nib.affines.voxel_sizes(canonical.affine))
     return CTVolume(hu=hu, spacing_mm=spacing)  # type: ignore[arg-type]
 
@@ -426,6 +431,7 @@ def _finish(out: Path, n_groups: int, config: DRRPrepConfig, split_fractions: Se
     return report, manifest, len(non_empty)
 
 
+@one_run_per_prep_task
 def prep_drr(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -452,6 +458,8 @@ def prep_drr(
     _split_fractions(split_fractions)
     files = list_ct_files(src)
     out = Path(out)
+    claim_output(out, "xray2ct", src, {**dataclasses.asdict(config), "files_per_shard": files_per_shard,
+                                       "split_fractions": [float(f) for f in split_fractions]})
     (out / GROUP_DIR).mkdir(parents=True, exist_ok=True)
     groups = [files[k : k + files_per_shard] for k in range(0, len(files), files_per_shard)]
     written, skipped, bad = [], [], []

@@ -34,6 +34,7 @@ from ctpipe.data.phantoms import MU_MAX
 from ctpipe.data.shards import (
     MANIFEST_NAME,
     FieldSpec,
+    claim_output,
     finalize_manifest,
     read_sidecar,
     shard_is_complete,
@@ -41,7 +42,9 @@ from ctpipe.data.shards import (
     temp_files_for,
     write_shard,
 )
+from ctpipe.errors import UserError
 from ctpipe.ops.geometry import ParallelBeamGeometry
+from ctpipe.runlock import one_run_per_prep_task
 
 PARTS = ("train", "validation", "test")
 DATA_KEY = "data"
@@ -50,7 +53,7 @@ _FILE_RE = re.compile(r"^(observation|ground_truth)_(train|validation|test)_(\d{
 _ZIP_HINT = "re-download/re-extract it from the LoDoPaB-CT archive (Zenodo record 3384092)"
 
 
-class LoDoPaBError(ValueError):
+class LoDoPaBError(UserError, ValueError):
     """The raw LoDoPaB folder does not match the expected layout (the message names the file and the fix)."""
 
 
@@ -253,9 +256,29 @@ def _read_checked(path: Path) -> np.ndarray:
     return data
 
 
+GT_RANGE = (0.0, 1.0)  # LoDoPaB ground truth is mu/mu_max clipped to [0, 1]
+_GT_TOLERANCE = 1e-4
+
+
+def check_ground_truth_range(data: np.ndarray, path: Path) -> None:
+    """Refuse ground truth outside [0, 1] (e.g. HU, or attenuation not divided by mu_max), naming the sample."""
+    low, high = GT_RANGE
+    flat = data.reshape(data.shape[0], -1)
+    lows, highs = flat.min(axis=1), flat.max(axis=1)
+    bad = np.flatnonzero((lows < low - _GT_TOLERANCE) | (highs > high + _GT_TOLERANCE))
+    if bad.size:
+        raise LoDoPaBError(
+            f"{path}: ground truth of sample index {bad[0]} spans [{lows[bad[0]]:.4g}, {highs[bad[0]]:.4g}] "
+            f"({bad.size} samples out of range in this file, whole file [{lows.min():.4g}, {highs.max():.4g}]); "
+            f"LoDoPaB ground truth lies in [{low:g}, {high:g}] (mu/mu_max). Convert the images (HU -> mu/mu_max, "
+            "clipped) or check that these are LoDoPaB ground_truth files")
+
+
 def load_pair(pair: RawPair) -> dict[str, np.ndarray]:
     """Fully read and validate one raw pair: ``{"sinogram": (n, A, D), "image": (n, N, N)}`` float32."""
-    return {"sinogram": _read_checked(pair.observation), "image": _read_checked(pair.ground_truth)}
+    image = _read_checked(pair.ground_truth)
+    check_ground_truth_range(image, pair.ground_truth)
+    return {"sinogram": _read_checked(pair.observation), "image": image}
 
 
 def lodopab_fields(geometry: ParallelBeamGeometry) -> dict[str, FieldSpec]:
@@ -294,6 +317,7 @@ def _write_pair(out: Path, pair: RawPair, layout: RawLayout) -> None:
                 list(pair.patient_ids), attrs={**_attrs(layout), "part": pair.part}, source_files=pair.source_files)
 
 
+@one_run_per_prep_task
 def prep_lodopab(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -311,7 +335,7 @@ def prep_lodopab(
         raise ValueError(f"need 0 <= task_index < n_tasks, got task_index={task_index}, n_tasks={n_tasks}")
     layout = inspect_lodopab(src, parts)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, "lodopab", src, {"parts": list(layout.parts)})
     written, skipped = [], []
     own = [pair for pair in layout.pairs if pair.shard_index % n_tasks == task_index]
     for pair in tqdm(own, desc=f"LoDoPaB prep task {task_index}/{n_tasks}", unit="shard", disable=not progress):

@@ -45,3 +45,26 @@ def read_nifti(path: str | os.PathLike[str]) -> nib.Nifti1Image:
     with gzip.open(path, "rb") as handle:
         raw = handle.read()  # to the end of the stream: the CRC and the length are verified
     return image_from_bytes(raw)
+
+
+# ---- plausible CT intensities ------------------------------------------------------------------------------
+HU_MIN_SPAN = 100.0  # a CT in HU spans at least fat/air (< 0) to soft tissue; a normalised one spans ~1
+HU_LIMITS = (-32768.0, 65535.0)  # what a CT's stored integers can hold
+
+
+def hu_range_problem(low: float, high: float) -> str | None:
+    """Why a volume whose values span ``[low, high]`` is not a CT in Hounsfield units (None if it may be).
+
+    Refused: a span under 100 (a CT normalised to 0..1 or -1..1, or a mask), no value below 0 (no air or
+    fat: stored values without the rescale intercept, or an 8-bit image), values beyond 16-bit storage.
+    """
+    expected = ("expected Hounsfield units: air about -1000, water 0, bone up to about 3000; convert the volume to "
+                "HU (apply the scanner's rescale slope/intercept, undo any normalisation)")
+    found = f"values span [{low:.4g}, {high:.4g}]"
+    if high - low < HU_MIN_SPAN:
+        return f"{found}, less than {HU_MIN_SPAN:g} HU: this looks normalised (e.g. 0..1), not HU; {expected}"
+    if low >= 0.0:
+        return f"{found}, nothing below 0 (no air or fat): this is not in HU; {expected}"
+    if low < HU_LIMITS[0] or high > HU_LIMITS[1]:
+        return f"{found}, beyond what a CT stores ({HU_LIMITS[0]:g}..{HU_LIMITS[1]:g}); {expected}"
+    return None

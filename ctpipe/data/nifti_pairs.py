@@ -44,6 +44,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -56,9 +57,14 @@ import torch.nn.functional as F
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
 from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
-from ctpipe.data.nifti_io import read_nifti
-from ctpipe.data.shards import (FieldSpec, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
-                                shard_index, shard_is_complete, shard_name, sidecar_path, write_shard)
+from ctpipe.data.nifti_io import hu_range_problem, read_nifti
+from ctpipe.data.shards import (FieldSpec, ShardSetError, claim_output, finalize_manifest, patient_split,
+                                read_shard_attrs, read_sidecar, shard_index, shard_is_complete, shard_name,
+                                sidecar_path, temp_files_for, write_shard)
+from ctpipe.errors import UserError
+from ctpipe.runlock import RunLockedError, hold_run_lock, one_run_per_prep_task
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 3071.0)
 SUBSETS: tuple[tuple[str, str, str], ...] = (("train", "trainA", "trainB"), ("test", "testA", "testB"))
@@ -78,7 +84,7 @@ FORMAT_VERSION = 1
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
-class VolumeError(ValueError):
+class VolumeError(UserError, ValueError):
     """A NIfTI file that cannot be used (unreadable, truncated, wrong dimensionality, non-finite)."""
 
 
@@ -172,6 +178,11 @@ def load_volume(path: str | os.PathLike[str]) -> LoadedVolume:
         raise VolumeError(f"invalid affine {affine.tolist()}")
     header = image.header if isinstance(image.header, nib.Nifti1Header) else nib.Nifti1Header.from_header(image.header)
     return LoadedVolume(data=data, affine=affine, header=header)
+
+
+def volume_hu_problem(volume: LoadedVolume) -> str | None:
+    """Why ``volume`` is not a CT in Hounsfield units (see :func:`ctpipe.data.nifti_io.hu_range_problem`)."""
+    return hu_range_problem(float(volume.data.min()), float(volume.data.max()))
 
 
 def save_nifti_like(data: np.ndarray, reference: LoadedVolume, path: str | os.PathLike[str]) -> Path:
@@ -322,6 +333,10 @@ def _load_pair(cand: PairCandidate, src: Path, affine_atol: float) -> tuple[Load
         diff = float(np.max(np.abs(a.affine - b.affine)))
         raise PairSkipped(rel_a, f"affine mismatch: max |difference| {diff:.4g} > {affine_atol} "
                                  f"between {a_dir} and {b_dir}")
+    for volume, rel in ((a, rel_a), (b, rel_b)):
+        problem = volume_hu_problem(volume)
+        if problem is not None:
+            raise PairSkipped(rel, problem)
     return a, b
 
 
@@ -414,6 +429,7 @@ def task_record_path(out: str | os.PathLike[str], task_index: int, n_tasks: int)
     return Path(out) / TASKS_DIR / f"task-{task_index:05d}-of-{n_tasks:05d}.json"
 
 
+@one_run_per_prep_task
 def prep_nifti_pairs(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -439,14 +455,28 @@ def prep_nifti_pairs(
     src, out = Path(src).resolve(), Path(out)
     window = _check_window(hu_window)
     fractions = _split_names(split_fractions)
+    try:  # fractions that do not sum to 1 are refused now, not after every volume was written
+        patient_split([], fractions)
+    except ShardSetError as error:
+        raise ShardSetError(f"--split-fractions {','.join(f'{f:g}' for f in split_fractions)}: {error}; e.g. "
+                            "0.8,0.2 or 0.7,0.15,0.15") from None
     candidates = find_pairs(src)
     settings = _settings(src, size, window, fractions, affine_atol, candidates)
     duplicates = _duplicate_reasons(candidates, src)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, KIND, src, {"size": size, "window_hu": list(window), "split_fractions": dict(fractions),
+                                  "affine_atol": affine_atol, "format_version": FORMAT_VERSION})
     task_record_path(out, task_index, n_tasks).unlink(missing_ok=True)  # present again only once this run ends
     rows, volumes, written, reused = [], [], [], []
+    for leftover in temp_files_for(task_record_path(out, task_index, n_tasks)):  # of a killed earlier run
+        leftover.unlink(missing_ok=True)
+    if task_index == 0:  # what no candidate covers, reported once
+        rows += [{"file": _relative(path, src), "status": "skipped", "reason": reason, "index": -1}
+                 for _, a_dir, b_dir in SUBSETS for folder in (a_dir, b_dir)
+                 for path, reason in unusable_entries(src / folder)]
     for index in range(task_index, len(candidates), n_tasks):
         cand = candidates[index]
+        for leftover in temp_files_for(out / VOLUMES_DIR / shard_name(index)):
+            leftover.unlink(missing_ok=True)
         try:
             if index in duplicates:
                 raise PairSkipped(*duplicates[index])
@@ -463,11 +493,23 @@ def prep_nifti_pairs(
                       {"settings": settings, "rows": rows, "volumes": volumes})
     manifest = report = None
     if all(task_record_path(out, t, n_tasks).is_file() for t in range(n_tasks)):
-        manifest, report = finalize_nifti_pairs(out, n_tasks)
+        try:
+            with hold_run_lock(out, name=".prep-finalize.lock", what=f"the finalisation of {out}",
+                               advice="let it finish"):
+                _remove_final_temp_files(out)
+                manifest, report = finalize_nifti_pairs(out, n_tasks)
+        except RunLockedError as busy:  # two last tasks ending at once: the other one finalises
+            log.info("%s", busy)
     skipped = tuple((r["file"], r["reason"]) for r in rows if r["status"] == "skipped")
     return PrepResult(out=out, manifest=manifest, report=report, task_index=task_index, n_tasks=n_tasks,
                       n_volumes=len(volumes), n_slices=sum(len(v["slice_indices"]) for v in volumes),
                       written=tuple(written), reused=tuple(reused), skipped=skipped)
+
+
+def _remove_final_temp_files(out: Path) -> None:
+    """Temporary files a killed finalisation left in ``out`` (final shards, sidecars, tables, manifest)."""
+    for leftover in out.glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _read_task_records(out: Path, n_tasks: int) -> list[dict[str, Any]]:
@@ -611,6 +653,25 @@ def prep_settings(manifest_attrs: Mapping[str, Any]) -> tuple[tuple[float, float
     lo, hi = manifest_attrs["intensity"]["window_hu"]
     resize = manifest_attrs.get("resize")
     return (float(lo), float(hi)), (int(resize["size"]) if resize else None)
+
+
+def unusable_entries(folder: str | os.PathLike[str]) -> list[tuple[Path, str]]:
+    """Entries of ``folder`` that a NIfTI folder scan passes over, each with the reason (nothing is ignored
+    silently): broken symbolic links, sub-folders, files without a .nii/.nii.gz name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() and not path.exists():
+            out.append((path, f"broken symbolic link (to {os.readlink(path)})"))
+        elif path.is_dir():
+            out.append((path, "a folder (only files directly in the folder are read)"))
+        elif not path.is_file():
+            out.append((path, "not a regular file"))
+        elif nifti_stem(path) is None:
+            out.append((path, "not a NIfTI file name (.nii or .nii.gz)"))
+    return out
 
 
 def iter_volume_paths(folder: str | os.PathLike[str]) -> Iterator[Path]:

@@ -31,7 +31,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 
-from ctpipe.atomic import atomic_path, atomic_write_json
+from ctpipe.atomic import atomic_path, atomic_write_json, check_free_space
+from ctpipe.errors import UserError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -43,7 +44,7 @@ _SHARD_RE = re.compile(r"^shard-(\d{5})\.h5$")
 _HASH_BLOCK = 1 << 22
 
 
-class ShardSetError(ValueError):
+class ShardSetError(UserError, ValueError):
     """A shard set (or the data handed to the shard writer) violates the contract."""
 
 
@@ -246,6 +247,12 @@ def _write_hdf5(tmp: Path, target: Path, fields: Mapping[str, FieldSpec], sample
         handle.create_dataset(PATIENT_ID_KEY, data=np.array(list(patient_ids), dtype=object), dtype=strings, track_times=False)
 
 
+def estimated_shard_bytes(fields: Mapping[str, FieldSpec], n: int) -> int:
+    """About how many bytes a shard of ``n`` samples takes (data, ids, HDF5 chunk index and headers)."""
+    data = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in fields.values()) * n
+    return int(data * 1.02) + n * (256 + 64 * len(fields)) + (1 << 14)
+
+
 def write_shard(
     path: str | os.PathLike[str],
     fields: Mapping[str, FieldSpec],
@@ -270,6 +277,8 @@ def write_shard(
     _check_ids(sample_ids, patient_ids, path)
     sidecar = sidecar_path(path)
     sidecar.unlink(missing_ok=True)  # an old sidecar must never vouch for the new content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_free_space(path, estimated_shard_bytes(fields, len(sample_ids)))
     with atomic_path(path) as tmp:
         _write_hdf5(tmp, path, fields, samples, sample_ids, patient_ids, attrs or {}, source_files)
         digest, size = sha256_file(tmp), tmp.stat().st_size
@@ -499,3 +508,153 @@ def read_shard_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
         attrs["schema_version"] = int(handle.attrs["schema_version"])
         attrs["source_files"] = json.loads(handle.attrs["source_files_json"])
     return attrs
+
+
+# ---- identity and integrity of a finished set ------------------------------------------------------------
+def shard_set_identity(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a training run depends on: the manifest's checksum (it holds every shard's SHA-256), fields, splits.
+
+    The folder's path is not part of it: a set copied elsewhere is the same data.
+    """
+    manifest = read_manifest(root)
+    canonical = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return {
+        "manifest_sha256": hashlib.sha256(canonical).hexdigest(),
+        "fields": {name: [list(spec.shape), spec.dtype] for name, spec in sorted(manifest.fields.items())},
+        "splits": {name: len(patients) for name, patients in sorted(manifest.splits.items())},
+        "n_samples": manifest.n_samples,
+    }
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """The outcome of checking one shard against the manifest (``problem`` is empty when it matches)."""
+
+    file: str
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+    problem: str = ""
+    hashed: bool = False
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_shard(manifest: Manifest, info: ShardInfo, stamp: Mapping[str, Any] | None = None) -> ShardCheck:
+    """Size, then SHA-256 of one shard against its manifest entry; a matching ``stamp`` entry (same size,
+    mtime and checksum, written by an earlier check) skips the hashing."""
+    path = manifest.shard_path(info)
+    key = _stat_key(path)
+    if key is None:
+        return ShardCheck(info.file, 0, 0, "", f"{path} is missing")
+    size, mtime_ns = key
+    if size != info.size_bytes:
+        return ShardCheck(info.file, size, mtime_ns, "", f"{path} holds {size} bytes, the manifest records "
+                          f"{info.size_bytes} (truncated or replaced)")
+    entry = (stamp or {}).get(info.file)
+    if isinstance(entry, Mapping) and entry.get("size_bytes") == size and entry.get("mtime_ns") == mtime_ns \
+            and entry.get("sha256") == info.sha256:
+        return ShardCheck(info.file, size, mtime_ns, info.sha256)
+    digest = sha256_file(path)
+    problem = "" if digest == info.sha256 else (f"{path} is damaged: its SHA-256 is {digest[:16]}..., the manifest "
+                                                f"records {info.sha256[:16]}...")
+    return ShardCheck(info.file, size, mtime_ns, digest, problem, hashed=True)
+
+
+def read_verify_stamp(path: str | os.PathLike[str], manifest: Manifest) -> dict[str, Any]:
+    """The per-shard entries of a verification stamp written for this very manifest (else empty)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    identity = shard_set_identity(manifest.root)["manifest_sha256"]
+    if not isinstance(data, dict) or data.get("manifest_sha256") != identity:
+        return {}
+    shards = data.get("shards", {})
+    return shards if isinstance(shards, dict) else {}
+
+
+def write_verify_stamp(path: str | os.PathLike[str], manifest: Manifest, checks: Sequence[ShardCheck]) -> Path:
+    """Record the shards that matched, so the next check of an unchanged shard skips its hashing."""
+    return atomic_write_json(path, {
+        "manifest": str(manifest.root / MANIFEST_NAME),
+        "manifest_sha256": shard_set_identity(manifest.root)["manifest_sha256"],
+        "shards": {c.file: {"size_bytes": c.size_bytes, "mtime_ns": c.mtime_ns, "sha256": c.sha256}
+                   for c in checks if not c.problem},
+    })
+
+
+def damaged_shards_error(manifest: Manifest, checks: Sequence[ShardCheck]) -> ShardSetError | None:
+    bad = [c.problem for c in checks if c.problem]
+    if not bad:
+        return None
+    return ShardSetError(f"shard set {manifest.root}: {len(bad)} shard(s) do not match {MANIFEST_NAME}: "
+                         + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else "")
+                         + ". Nothing was trained on them; re-run the prep to rewrite the damaged shards "
+                         "(it rewrites only those) or restore them from a copy")
+
+
+# ---- who owns an output folder -----------------------------------------------------------------------------
+PREP_IDENTITY = "prep.json"
+
+
+def _legacy_kind(attrs: Mapping[str, Any]) -> str | None:
+    return attrs.get("kind") or attrs.get("dataset")
+
+
+def claim_output(out: str | os.PathLike[str], prep: str, src: str | os.PathLike[str],
+                 settings: Mapping[str, Any]) -> Path:
+    """Make ``out`` this prep's output, or refuse: it may hold only what the same prep, from the same source
+    with the same settings, wrote there (``out/prep.json`` records that; the first task creates it).
+
+    A folder that holds anything else -- a shard set of another family, another source or other settings,
+    or unrelated files -- is refused before anything in it is touched, naming what it holds.
+    """
+    out = Path(out)
+    mine = {"prep": prep, "src": str(Path(src).resolve()),
+            "settings": json.loads(json.dumps(dict(settings), sort_keys=True))}
+    target = out / PREP_IDENTITY
+    hint = f"choose another --out, or delete {out} first if it may be replaced"
+    if out.exists() and not out.is_dir():
+        raise ShardSetError(f"--out {out} is a file, not a folder; {hint}")
+    if not target.is_file():
+        present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+        legacy = None
+        if MANIFEST_NAME in present:  # a set written before prep.json existed: accept only the same family
+            try:
+                legacy = _legacy_kind(json.loads((out / MANIFEST_NAME).read_text()).get("attrs", {}))
+            except (OSError, ValueError, AttributeError):
+                legacy = "unreadable"
+        if present and legacy != prep:
+            what = f"a {legacy!r} shard set" if legacy else f"files not written by this prep ({present[:5]})"
+            raise ShardSetError(f"--out {out} already holds {what}; the {prep!r} prep would replace or mix into "
+                                f"it; {hint}")
+        out.mkdir(parents=True, exist_ok=True)
+        claim = out / f".{PREP_IDENTITY}.claim-{os.getpid()}"
+        with atomic_path(claim) as tmp:
+            tmp.write_text(json.dumps(mine, indent=2, sort_keys=True) + "\n")
+        try:
+            os.link(claim, target)  # exclusive: of two tasks starting at once, one writes it
+        except FileExistsError:
+            pass
+        finally:
+            claim.unlink(missing_ok=True)
+    try:
+        theirs = json.loads(target.read_text())
+    except (OSError, ValueError) as error:
+        raise ShardSetError(f"{target} is unreadable ({error}); {hint}") from None
+    if theirs != mine:
+        keys = [k for k in ("prep", "src") if theirs.get(k) != mine[k]]
+        settings_diff = {k: [theirs.get("settings", {}).get(k), v] for k, v in mine["settings"].items()
+                         if theirs.get("settings", {}).get(k) != v}
+        described = ", ".join([f"{k}: {theirs.get(k)!r} (asked: {mine[k]!r})" for k in keys]
+                              + [f"{k}: {old!r} (asked: {new!r})" for k, (old, new) in settings_diff.items()])
+        raise ShardSetError(f"--out {out} holds the output of another prep ({described}); nothing there was "
+                            f"changed; {hint}")
+    return target

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ctpipe.atomic import atomic_path, atomic_write_frame
+from ctpipe.atomic import atomic_path, atomic_write_frame, atomic_write_json
 from ctpipe.distributed import DistEnv
 
 
@@ -79,8 +79,16 @@ def write_examples(examples: Mapping[str, list[np.ndarray]], out_dir: Path) -> P
     return path
 
 
+EVAL_COUNTS = "n_samples.json"
+
+
 def write_eval_tables(rows: Mapping[str, list[dict[str, Any]]], out_dir: Path) -> dict[str, pd.DataFrame]:
-    """Write ``<out_dir>/<model>.csv`` (per-sample rows, ``model`` first) atomically; returns the frames."""
+    """Write ``<out_dir>/<model>.csv`` (per-sample rows, ``model`` first) atomically; returns the frames.
+
+    ``<out_dir>/n_samples.json`` (``{model: rows}``, written first) records how many samples each model
+    scored, so ``ctpipe aggregate`` can tell a complete table from a truncated or stale one.
+    """
+    atomic_write_json(out_dir / EVAL_COUNTS, {name: len(model_rows) for name, model_rows in rows.items()})
     frames = {}
     for name, model_rows in rows.items():
         frame = pd.DataFrame(model_rows)
