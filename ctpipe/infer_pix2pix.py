@@ -28,6 +28,7 @@ from ctpipe.atomic import atomic_write_frame
 from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
                                     iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
                                     unit_to_hu)
+from ctpipe.progress import track
 
 SSIM_CHUNK = 32  # slices per SSIM call (bounds memory for 512^2 x hundreds of slices)
 
@@ -176,7 +177,7 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
     if not paths:
         raise FileNotFoundError(f"no .nii/.nii.gz files in {in_dir}")
     outputs, rows, skipped = [], [], []
-    for path in paths:
+    for path in track(paths, f"inference {Path(in_dir).name}", "volumes"):
         try:
             out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)
         except VolumeError as error:

@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from ctpipe.data.phantoms import MU_MAX
 from ctpipe.data.shards import (
@@ -42,6 +41,7 @@ from ctpipe.data.shards import (
     write_shard,
 )
 from ctpipe.ops.geometry import ParallelBeamGeometry
+from ctpipe.progress import track
 
 PARTS = ("train", "validation", "test")
 DATA_KEY = "data"
@@ -314,7 +314,7 @@ def prep_lodopab(
     out.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     own = [pair for pair in layout.pairs if pair.shard_index % n_tasks == task_index]
-    for pair in tqdm(own, desc=f"LoDoPaB prep task {task_index}/{n_tasks}", unit="shard", disable=not progress):
+    for pair in track(own, f"LoDoPaB prep task {task_index}/{n_tasks}", "shards", mode=None if progress else "off"):
         for leftover in temp_files_for(shard_path(out, pair.shard_index)):
             leftover.unlink(missing_ok=True)
         if _is_done(out, pair):

@@ -59,6 +59,7 @@ from ctpipe.atomic import atomic_path, atomic_write_json, atomic_write_text
 from ctpipe.data.nifti_io import read_nifti
 from ctpipe.data.shards import (FieldSpec, finalize_manifest, patient_split, read_shard_attrs, read_sidecar,
                                 shard_index, shard_is_complete, shard_name, sidecar_path, write_shard)
+from ctpipe.progress import track
 
 DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 3071.0)
 SUBSETS: tuple[tuple[str, str, str], ...] = (("train", "trainA", "trainB"), ("test", "testA", "testB"))
@@ -445,7 +446,8 @@ def prep_nifti_pairs(
     out.mkdir(parents=True, exist_ok=True)
     task_record_path(out, task_index, n_tasks).unlink(missing_ok=True)  # present again only once this run ends
     rows, volumes, written, reused = [], [], [], []
-    for index in range(task_index, len(candidates), n_tasks):
+    own = range(task_index, len(candidates), n_tasks)
+    for index in track(own, f"NIfTI pairs prep task {task_index}/{n_tasks}", "pairs"):
         cand = candidates[index]
         try:
             if index in duplicates:

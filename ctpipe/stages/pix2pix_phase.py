@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
+from ctpipe.progress import track
 from ctpipe.stages.base import Stage, write_eval_tables, write_examples
 
 STAGE = "pix2pix_phase"
@@ -284,7 +285,7 @@ def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfi
         done.add(current)
         return VolumeSlices(current, arrays["input"], arrays["target"], arrays["prediction"])
 
-    for batch in loader:
+    for batch in track(loader, "final evaluation (volumes)", "batches"):
         a = batch[data.input_field].to(device)
         pred = generator(a).float().clamp(*SLICE_RANGE)
         columns = {"input": a[:, 0].float().cpu().numpy(), "target": batch[data.target_field][:, 0].numpy(),
