@@ -216,5 +216,9 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = (), where: str = "config") -> T:
-    """Merge overrides into ``data`` and validate it as ``cls``."""
-    return from_dict(cls, apply_overrides(data, overrides), where)
+    """Merge overrides into ``data`` and validate it as ``cls`` (schedule lengths included)."""
+    from ctpipe.schedule_checks import check_schedule_lengths
+
+    cfg = from_dict(cls, apply_overrides(data, overrides), where)
+    check_schedule_lengths(cfg, where)
+    return cfg
