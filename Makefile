@@ -20,6 +20,10 @@ demo: $(STAMP)
 demo-unet: $(STAMP)  # experiment 4 (frozen FBP + UNet) on the demo's data (created when missing)
 	$(PY) -m ctpipe.demo_unet
 
+.PHONY: demo-phases
+demo-phases: $(STAMP)  # pix2pix: synthetic phases -> prep -> training -> folder inference (results/demo_phases/)
+	$(PY) -m ctpipe.demo_phases
+
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -27,4 +31,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.fbp
 
 clean:
-	rm -rf $(VENV) build *.egg-info data/demo runs/demo results/demo
+	rm -rf $(VENV) build *.egg-info data/demo runs/demo results/demo data/demo_phases runs/demo_phases results/demo_phases
