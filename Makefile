@@ -24,7 +24,17 @@ demo-unet: $(STAMP)  # experiment 4 (frozen FBP + UNet) on the demo's data (crea
 demo-phases: $(STAMP)  # pix2pix: synthetic phases -> prep -> training -> folder inference (results/demo_phases/)
 	$(PY) -m ctpipe.demo_phases
 
-test: $(STAMP)
+# tests/test_report_html.py renders report.html in Debian's headless Chromium: installed here when missing
+# (as root, or through passwordless sudo); nothing happens when a chromium is already on the PATH.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "make test needs chromium (Debian package): run 'sudo apt-get install -y --no-install-recommends chromium'" >&2; \
+	    exit 1; fi; \
+	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 bench: $(STAMP)

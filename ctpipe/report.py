@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ctpipe.atomic import atomic_path, atomic_write_frame
+from ctpipe.report_html import write_html_report
 
 # Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
 # non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
@@ -200,4 +201,5 @@ def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
             if png:
                 outputs[f"examples_{run.name}_{split}"] = png
                 break
+    outputs.update(write_html_report(out_dir, summary, per_sample, runs))  # report.html (+ distributions.png)
     return outputs
