@@ -68,6 +68,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = None
+    tensorboard: bool = False             # scalars + example images to run_dir/tb/ (extra: ctpipe[tensorboard])
 
 
 # ---- generic (de)serialisation ---------------------------------------------------------------------
