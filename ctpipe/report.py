@@ -200,6 +200,5 @@ def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
             png = plot_examples(run, split, out_dir / f"{run.stage}-{run.name}-{split}.png")
             if png:
                 outputs[f"examples_{run.name}_{split}"] = png
-                break
     outputs.update(write_html_report(out_dir, summary, per_sample, runs))  # report.html (+ distributions.png)
     return outputs
