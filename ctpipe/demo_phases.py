@@ -35,7 +35,7 @@ def training_overrides(shards: Path, size: PhasesDemoSize) -> list[str]:
     over = [f"data.root={shards}", "data.num_workers=0", "data.batch_size=4", "train.device=cpu",
             f"model.ngf={size.ngf}", f"model.ndf={size.ngf}", "model.n_layers_d=2", "model.norm=instance",
             "model.dropout=false", "optim.lr=2e-3", f"train.epochs={size.epochs}",
-            f"scheduler.n_epochs_constant={size.epochs // 2}", "train.log_every=25", "train.checkpoint_every=0",
+            f"scheduler.n_epochs_constant={size.epochs // 2}", "train.log_every=10", "train.checkpoint_every=0",
             f"train.seed={size.seed}"]
     if size.max_steps_per_epoch is not None:
         over.append(f"train.max_steps_per_epoch={size.max_steps_per_epoch}")
