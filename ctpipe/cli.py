@@ -289,6 +289,10 @@ def _submit(args: argparse.Namespace) -> None:
     for job in jobs:
         print(f"submitted {args.stage} job {job.job_id}")
     if args.wait:
+        if args.executor == "local":  # forward the jobs' log lines while waiting
+            from ctpipe.demo_common import follow_jobs
+
+            follow_jobs(jobs, lambda line: print(line, flush=True), keep=lambda line: not line.startswith("submitit "))
         for result in wait_all(jobs):
             print(json.dumps(result.__dict__))
 

@@ -170,6 +170,15 @@ def _step_resources(name: str, cpus: int, timeout_min: int) -> Resources:
     return Resources(timeout_min=timeout_min, cpus_per_task=cpus, job_name=name)
 
 
+def _wait(jobs: Sequence[Any], executor_kind: str, say: Callable[[str], None]) -> None:
+    """Wait for ``jobs``; local jobs' log lines are forwarded meanwhile (never silent for more than 30 s)."""
+    if executor_kind == "local":
+        from ctpipe.demo_common import follow_jobs
+
+        follow_jobs(jobs, say, keep=lambda line: not line.startswith("submitit "))
+    wait_all(jobs)
+
+
 def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
                     train_resources: Resources = Resources(), prep_cpus: int = 2,
                     say: Callable[[str], None] = print) -> PipelineJobs:
@@ -189,7 +198,7 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     prep_jobs = prep_ex.map_array(PrepLodopabJob(plan.raw, plan.shards, n_tasks), list(range(n_tasks)))
     say(f"prep_{plan.family}: job {_array_id(prep_jobs)} ({n_tasks} array task(s)) {plan.raw} -> {plan.shards}")
     if ordered:
-        wait_all(prep_jobs)
+        _wait(prep_jobs, executor_kind, say)
     train: dict[str, tuple[str, ...]] = {}
     train_jobs: list[Any] = []
     for stage in plan.stages:
@@ -198,7 +207,7 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
                                after=() if ordered else prep_jobs)
         say(f"{stage}: job {_array_id(jobs)} ({len(jobs)} run(s)) -> {plan.runs / stage}")
         if ordered:
-            wait_all(jobs)
+            _wait(jobs, executor_kind, say)
         train[stage] = tuple(str(j.job_id) for j in jobs)
         train_jobs += jobs
     agg_ex = make_executor(executor_kind, plan.runs / "submitit" / "aggregate",
@@ -206,7 +215,7 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     agg_job = agg_ex.submit(AggregateJob(plan.runs, plan.results))
     say(f"aggregate: job {agg_job.job_id} -> {plan.results / 'summary.csv'}")
     if ordered:
-        wait_all([agg_job])
+        _wait([agg_job], executor_kind, say)
     submitted = PipelineJobs(plan=plan, executor=executor_kind, prep=tuple(str(j.job_id) for j in prep_jobs),
                              train=train, aggregate=str(agg_job.job_id), summary=plan.results / "summary.csv")
     atomic_write_json(plan.results / PIPELINE_FILE, submitted.to_dict())
