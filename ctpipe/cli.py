@@ -243,8 +243,9 @@ def _infer_xray2ct(args: argparse.Namespace) -> None:
     from ctpipe.infer_xray2ct import infer_xray2ct
 
     device = pick_device(args.device, DistEnv())
-    result = infer_xray2ct(args.checkpoint, args.xrays, args.out, refine=args.refine, sample_id=args.sample_id,
-                           fov_mm=args.fov_mm, device=device)
+    with Progress(1, "inference", "volumes"):
+        result = infer_xray2ct(args.checkpoint, args.xrays, args.out, refine=args.refine, sample_id=args.sample_id,
+                               fov_mm=args.fov_mm, device=device)
     emit(infer_xray2ct_summary(result), args.json)
 
 
