@@ -129,7 +129,8 @@ def summary_html(summary: pd.DataFrame) -> str:
         tail = [int(row.epochs), f"{row.wall_time_s:.1f}"]
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [*cells, *values, *tail])
                     + "</tr>")
-    table = f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    table = (f'<div class="wide"><table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+             '</table></div>')
     return table + margins_html(margins(summary))
 
 
@@ -271,6 +272,7 @@ td.better{background:#dff3df}td.worse{background:#f7dede}
 img{max-width:100%;border:1px solid #ddd;margin:4px 0}
 h2{border-bottom:2px solid #e8eef5;padding-bottom:3px;margin-top:1.6em}
 small{font-weight:normal;color:#555}
+div.wide{overflow-x:auto}
 """
 
 

@@ -19,6 +19,7 @@ def test_phases_demo_pipeline_at_reduced_size(tmp_path: Path, capsys: pytest.Cap
     results = tmp_path / "results" / "demo_phases"
     assert f"log: {results / 'demo.log'}" in printed and f"demo log: {results / 'demo.log'}" in printed
     assert "5/5 aggregating" in (results / "demo.log").read_text()
+    assert "dB vs identity baseline" in printed
     predictions = sorted(outputs["predictions"].glob("*.nii.gz"))
     assert [p.name for p in predictions] == ["test_patient_0.nii.gz", "test_patient_1.nii.gz"]
     source = nib.load(str(tmp_path / "data" / "demo_phases" / "raw" / "testA" / "test_patient_0.nii.gz"))
