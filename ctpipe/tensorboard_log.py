@@ -57,6 +57,7 @@ class TensorBoardLog:
                 continue
             if math.isfinite(float(value)):
                 self.writer.add_scalar(f"epoch/{name}", float(value), epoch)
+        self.writer.flush()  # on disk at every epoch end: a preempted job loses nothing already logged
 
     def images(self, epoch: int, images: Mapping[str, np.ndarray]) -> None:
         """Example slices (e.g. target and prediction of the first validation sample)."""

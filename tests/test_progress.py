@@ -32,7 +32,7 @@ def test_log_mode_off_a_terminal_and_env_override(monkeypatch: pytest.MonkeyPatc
 def test_heartbeat_speaks_while_one_item_is_slow() -> None:
     stream = io.StringIO()
     with Progress(2, "eval", "batches", interval_s=0.2, stream=stream, mode="log") as progress:
-        time.sleep(0.7)  # one slow item: the loop itself never gets to print
+        time.sleep(1.0)  # one slow item: the loop itself never gets to print
         progress.update()
         progress.update()
     lines = stream.getvalue().splitlines()

@@ -21,7 +21,7 @@ def test_scalars_and_images_round_trip_through_tensorboards_reader(tmp_path: Pat
         log.step(step, {"loss": 1.0 / step, "lr": 0.01, "bad": float("nan")})
     log.epoch(1, {"epoch": 1, "train_loss": 0.5, "val_psnr[range=1]": 31.5, "note": "text"})
     log.images(1, {"target": np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)})
-    log.close()
+    log.epoch(2, {"epoch": 2, "train_loss": 0.25})  # flushes: readable without close() (a preempted job)
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
@@ -30,6 +30,8 @@ def test_scalars_and_images_round_trip_through_tensorboards_reader(tmp_path: Pat
     assert events.Scalars("epoch/val_psnr[range=1]")[0].value == pytest.approx(31.5)
     image = events.Images("validation/target")[0]
     assert (image.step, image.width, image.height) == (1, 8, 8)
+    assert [e.step for e in events.Scalars("epoch/train_loss")] == [1, 2]
+    log.close()
 
 
 def test_missing_package_fails_at_start_up_with_the_install_command(tmp_path: Path,
