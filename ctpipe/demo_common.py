@@ -8,10 +8,12 @@ A demo is never silent for more than ``HEARTBEAT_S``: its own steps print a line
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from ctpipe.progress import format_seconds
 
@@ -91,3 +93,23 @@ def follow_jobs(jobs: Sequence[Any], say: Callable[[str], None], heartbeat_s: fl
             say(f"  still running after {format_seconds(now - start)}; job log: {logs}")
             last = now
         time.sleep(poll_s)
+
+
+@contextmanager
+def heartbeat(say: Callable[[str], None], what: str, interval_s: float = HEARTBEAT_S) -> Iterator[None]:
+    """Say ``still <what> after <elapsed>`` every ``interval_s`` while the block runs (in-process steps whose
+    own log may pause longer, e.g. a validation pass on a loaded machine)."""
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            say(f"  still {what} after {format_seconds(time.monotonic() - start)}")
+
+    thread = threading.Thread(target=beat, name=f"heartbeat:{what}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

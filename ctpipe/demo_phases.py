@@ -56,7 +56,7 @@ def run_phases_demo(workdir: Path, size: PhasesDemoSize = PhasesDemoSize()) -> d
     """Run the pix2pix demo in ``workdir`` (data/, runs/, results/ below it); returns its output files."""
     from ctpipe.data.nifti_pairs import prep_nifti_pairs
     from ctpipe.data.synthetic_phases import write_synthetic_phases
-    from ctpipe.demo_common import DemoLog
+    from ctpipe.demo_common import DemoLog, heartbeat
     from ctpipe.infer_pix2pix import describe, infer_folder
     from ctpipe.report import aggregate
     from ctpipe.runner import configure_logging, run_stage
@@ -81,7 +81,8 @@ def run_phases_demo(workdir: Path, size: PhasesDemoSize = PhasesDemoSize()) -> d
     for line in prep_summary("nifti-pairs", prep)[0]:
         say(f"   {line}")
     say(f"3/5 training pix2pix_phase ({size.epochs} epochs, then final evaluation vs identity) in {run_dir}")
-    result = run_stage("pix2pix_phase", run_dir, training_overrides(shards, size))
+    with heartbeat(say, f"training (run folder {run_dir})"):
+        result = run_stage("pix2pix_phase", run_dir, training_overrides(shards, size))
     say(f"   training: {result.status} after {result.epoch} epochs")
     if result.status not in ("completed", "early_stopped"):
         raise RuntimeError(f"pix2pix_phase training ended {result.status}; see {run_dir}/events.jsonl")

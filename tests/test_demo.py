@@ -44,3 +44,15 @@ def test_demo_pipeline_at_reduced_size(tmp_path: Path, capsys: pytest.CaptureFix
     for name, path in outputs.items():
         assert path.is_file() and f"{name}: {path}" in printed
     assert "[ctpipe.train]" in (results / "demo.log").read_text()
+
+
+def test_heartbeat_speaks_while_an_in_process_step_is_quiet() -> None:
+    from ctpipe.demo_common import heartbeat
+
+    said: list[str] = []
+    with heartbeat(said.append, "training", interval_s=0.2):
+        time.sleep(0.9)
+    assert len(said) >= 2 and said[0].startswith("  still training after")
+    count = len(said)
+    time.sleep(0.4)
+    assert len(said) == count  # stops with the block
