@@ -42,12 +42,19 @@ def format_seconds(seconds: float) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
+def singular(unit: str) -> str:
+    """``batches`` -> ``batch``, ``volumes`` -> ``volume`` (for ``s/<unit>`` and the tqdm bar)."""
+    if unit.endswith(("ches", "shes", "sses")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and len(unit) > 1 else unit
+
+
 def status_line(desc: str, done: int, total: int | None, unit: str, elapsed: float) -> str:
     """``desc: 3/10 volumes (30%), 0.25 volumes/s, elapsed 12 s, ETA 28 s``."""
     rate = done / elapsed if elapsed > 0 else 0.0
     count = f"{done}/{total} {unit}" if total is not None else f"{done} {unit}"
     pct = f" ({100.0 * done / total:.0f}%)" if total else ""
-    speed = f"{rate:.3g} {unit}/s" if rate >= 0.1 or rate == 0 else f"{1.0 / rate:.3g} s/{unit.rstrip('s')}"
+    speed = f"{rate:.3g} {unit}/s" if rate >= 0.1 or rate == 0 else f"{1.0 / rate:.3g} s/{singular(unit)}"
     eta = ""
     if total is not None and done < total:
         eta = f", ETA {format_seconds((total - done) / rate)}" if rate > 0 else ", ETA unknown"
@@ -74,7 +81,7 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit.rstrip("s") or unit, file=self.stream)
+            self._bar = tqdm(total=total, desc=desc, unit=singular(unit), file=self.stream)
         elif self.mode == "log":
             self._write(status_line(desc, 0, total, unit, 0.0))
             self._thread = threading.Thread(target=self._heartbeat, name=f"progress:{desc}", daemon=True)

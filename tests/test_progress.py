@@ -14,7 +14,8 @@ from ctpipe.progress import Progress, choose_mode, format_seconds, status_line, 
 def test_status_line_has_count_rate_and_eta() -> None:
     line = status_line("prep", 3, 10, "volumes", 6.0)
     assert line == "prep: 3/10 volumes (30%), 0.5 volumes/s, elapsed 6 s, ETA 14 s"
-    assert "s/volume" in status_line("prep", 1, 10, "volumes", 50.0)  # slow items: seconds per item
+    assert "50 s/volume," in status_line("prep", 1, 10, "volumes", 50.0)  # slow items: seconds per item
+    assert "20 s/batch," in status_line("eval", 1, 3, "batches", 20.0)
     assert "ETA" not in status_line("prep", 10, 10, "volumes", 5.0)
     assert format_seconds(185) == "3 min 05 s" and format_seconds(3720) == "1 h 02 min"
 
@@ -58,3 +59,10 @@ def test_off_mode_is_silent() -> None:
     stream = io.StringIO()
     assert list(track([1, 2], "x", stream=stream, mode="off")) == [1, 2]
     assert stream.getvalue() == ""
+
+
+def test_bar_mode_draws_tqdm_instead_of_log_lines() -> None:
+    stream = io.StringIO()
+    assert list(track(range(3), "infer", "volumes", stream=stream, mode="bar")) == [0, 1, 2]
+    text = stream.getvalue()
+    assert "infer: 100%" in text and "3/3" in text and "ETA" not in text and "done," not in text
