@@ -302,7 +302,8 @@ class VolumeSlices:
 
 @torch.no_grad()
 def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, device: torch.device,
-                    expected_slices: Mapping[str, int] | None = None) -> Iterator[VolumeSlices]:
+                    expected_slices: Mapping[str, int] | None = None, label: str = "volumes"
+                    ) -> Iterator[VolumeSlices]:
     """Run ``generator`` over ``dataset`` and yield one :class:`VolumeSlices` per patient, one at a time.
 
     Relies on the shard-set order (manifest shard order, then row order; a nifti_pairs shard is one volume
@@ -326,7 +327,7 @@ def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfi
         done.add(current)
         return VolumeSlices(current, arrays["input"], arrays["target"], arrays["prediction"])
 
-    for batch in track(loader, "final evaluation (volumes)", "batches"):
+    for batch in track(loader, f"final evaluation ({label})", "batches"):
         a = batch[data.input_field].to(device)
         pred = generator(a).float().clamp(*SLICE_RANGE)
         columns = {"input": a[:, 0].float().cpu().numpy(), "target": batch[data.target_field][:, 0].numpy(),
@@ -366,7 +367,7 @@ def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig
 
     rows: dict[str, list[dict[str, Any]]] = {MODEL_NAME: [], BASELINE_NAME: []}
     examples: dict[str, list[np.ndarray]] = {"target": [], MODEL_NAME: [], BASELINE_NAME: []}
-    for volume in predict_volumes(generator, dataset, data, device, expected_slices):
+    for volume in predict_volumes(generator, dataset, data, device, expected_slices, out_dir.name):
         for model, row in volume_rows(volume, prep.window).items():
             rows[model].append(row)
         if len(examples["target"]) < N_EXAMPLES:
