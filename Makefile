@@ -20,7 +20,21 @@ demo: $(STAMP)
 demo-unet: $(STAMP)  # experiment 4 (frozen FBP + UNet) on the demo's data (created when missing)
 	$(PY) -m ctpipe.demo_unet
 
-test: $(STAMP)
+.PHONY: demo-phases
+demo-phases: $(STAMP)  # pix2pix: synthetic phases -> prep -> training -> folder inference (results/demo_phases/)
+	$(PY) -m ctpipe.demo_phases
+
+# tests/test_report_html.py renders report.html in Debian's headless Chromium: installed here when missing
+# (as root, or through passwordless sudo); nothing happens when a chromium is already on the PATH.
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO=sudo; else \
+	    echo "make test needs chromium (Debian package): run 'sudo apt-get install -y --no-install-recommends chromium'" >&2; \
+	    exit 1; fi; \
+	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -31,4 +45,4 @@ gpu-check: $(STAMP)  # the GPU acceptance run (< 8 min on one GPU); without CUDA
 	$(PY) -m benchmarks.gpu_check
 
 clean:
-	rm -rf $(VENV) build *.egg-info data/demo runs/demo results/demo
+	rm -rf $(VENV) build *.egg-info data/demo runs/demo results/demo data/demo_phases runs/demo_phases results/demo_phases

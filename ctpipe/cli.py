@@ -10,7 +10,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ctpipe.checkpoint import CheckpointError
+from ctpipe.config import ConfigError
 from ctpipe.errors import DiskFullError, UserError, is_disk_full
+from ctpipe.progress import Progress
+from ctpipe.summaries import (emit, infer_folder_summary, infer_volume_summary, infer_xray2ct_summary, prep_summary,
+                              synth_files_summary, synth_lodopab_summary)
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -31,18 +35,23 @@ def _prep_lodopab(args: argparse.Namespace) -> None:
     index, count = _array_task(args)
     result = prep_lodopab(Path(args.src), Path(args.out), parts=tuple(args.parts.split(",")),
                           task_index=index, n_tasks=count)
-    print(result)
+    emit(prep_summary("lodopab", result), args.json)
 
 
 def _prep_synth_lodopab(args: argparse.Namespace) -> None:
     from ctpipe.data.synthetic import write_synthetic_lodopab
 
-    print(write_synthetic_lodopab(Path(args.out), n=args.n, size=args.size, seed=args.seed))
+    emit(synth_lodopab_summary(write_synthetic_lodopab(Path(args.out), n=args.n, size=args.size, seed=args.seed)),
+         args.json)
 
 
 def _add_array_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-index", type=int, default=None, help="array task (default: $SLURM_ARRAY_TASK_ID or 0)")
     parser.add_argument("--n-tasks", type=int, default=None, help="array size (default: $SLURM_ARRAY_TASK_COUNT or 1)")
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="end with one JSON object on stdout instead of a summary")
 
 
 def _add_prep(sub: argparse._SubParsersAction) -> None:
@@ -53,12 +62,14 @@ def _add_prep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output shard-set folder")
     p.add_argument("--parts", default="train,validation,test")
     _add_array_flags(p)
+    _add_json_flag(p)
     p.set_defaults(func=_prep_lodopab)
     p = kinds.add_parser("synth-lodopab", help="synthetic phantoms written in the raw LoDoPaB file layout")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, required=True, help="number of slices over all parts")
     p.add_argument("--size", choices=("full", "small"), default="small")
     p.add_argument("--seed", type=int, default=0)
+    _add_json_flag(p)
     p.set_defaults(func=_prep_synth_lodopab)
     _add_prep_phases(kinds)
     _add_prep_xray2ct(kinds)
@@ -104,12 +115,7 @@ def _prep_nifti_pairs(args: argparse.Namespace) -> None:
     result = prep_nifti_pairs(Path(args.src), Path(args.out), size=size, hu_window=tuple(args.hu_window),
                               task_index=index, n_tasks=count, split_fractions=fractions,
                               affine_atol=args.affine_atol)
-    print(f"task {index}/{count}: {result.n_volumes} volumes ({result.n_slices} slices), "
-          f"{len(result.written)} written, {len(result.reused)} reused, {len(result.skipped)} skipped")
-    for file, reason in result.skipped:
-        print(f"  skipped {file}: {reason}")
-    if result.manifest is not None:
-        print(f"manifest: {result.manifest}\nreport: {result.report}")
+    emit(prep_summary("nifti-pairs", result), args.json)
 
 
 def _prep_synth_phases(args: argparse.Namespace) -> None:
@@ -118,7 +124,8 @@ def _prep_synth_phases(args: argparse.Namespace) -> None:
     pairs = write_synthetic_phases(Path(args.out), args.n, size=args.size, n_slices=args.n_slices,
                                    n_phases=args.n_phases, seed=args.seed, subset=args.subset,
                                    oversample=args.oversample)
-    print(f"wrote {len(pairs)} pairs under {args.out}/{args.subset}A and {args.subset}B")
+    emit(synth_files_summary("synth-phases", Path(args.out), [f for pair in pairs for f in pair],
+                             f"ctpipe prep nifti-pairs --src {args.out} --out SHARDS --size 64"), args.json)
 
 
 def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
@@ -133,6 +140,7 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
                    help="train,validation[,test] fractions of the trainA/B patients (testA/B is always test)")
     p.add_argument("--affine-atol", type=float, default=1e-3, help="A/B affine tolerance in mm")
     _add_array_flags(p)
+    _add_json_flag(p)
     p.set_defaults(func=_prep_nifti_pairs)
     p = kinds.add_parser("synth-phases", help="synthetic beating-heart CT pairs in the trainA/trainB layout")
     p.add_argument("--out", required=True)
@@ -144,6 +152,7 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", choices=("train", "test"), default="train")
     p.add_argument("--oversample", type=int, default=2,
                    help="sub-voxel samples per axis (partial-volume edges; 1 = point sampling)")
+    _add_json_flag(p)
     p.set_defaults(func=_prep_synth_phases)
 
 
@@ -153,15 +162,17 @@ def _prep_drr(args: argparse.Namespace) -> None:
 
     index, count = _array_task(args)
     sizes = tuple(int(s) for s in args.volume_sizes.split(","))
-    print(prep_drr(Path(args.src), Path(args.out), xray_size=args.xray_size, volume_sizes=sizes, task_index=index,
-                   n_tasks=count, cone_beam=args.cone_beam, files_per_shard=args.files_per_shard, device=args.device))
+    result = prep_drr(Path(args.src), Path(args.out), xray_size=args.xray_size, volume_sizes=sizes, task_index=index,
+                      n_tasks=count, cone_beam=args.cone_beam, files_per_shard=args.files_per_shard, device=args.device)
+    emit(prep_summary("drr", result), args.json)
 
 
 def _prep_synth_ct(args: argparse.Namespace) -> None:
     from ctpipe.data.synthetic_ct import write_synthetic_ct
 
     paths = write_synthetic_ct(Path(args.out), args.n, size=args.size, spacing_mm=args.spacing_mm, seed=args.seed)
-    print(f"wrote {len(paths)} synthetic CT volumes to {args.out}")
+    emit(synth_files_summary("synth-ct", Path(args.out), paths, f"ctpipe prep drr --src {args.out} --out SHARDS"),
+         args.json)
 
 
 def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
@@ -174,6 +185,7 @@ def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--files-per-shard", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for resampling and DRR rendering (cpu, cuda)")
     _add_array_flags(p)
+    _add_json_flag(p)
     p.set_defaults(func=_prep_drr)
     p = kinds.add_parser("synth-ct", help="synthetic chest CT phantoms written as NIfTI files (LPS storage, HU)")
     p.add_argument("--out", required=True)
@@ -181,6 +193,7 @@ def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="voxels per side")
     p.add_argument("--spacing-mm", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    _add_json_flag(p)
     p.set_defaults(func=_prep_synth_ct)
 
 
@@ -200,20 +213,16 @@ def _infer_pix2pix(args: argparse.Namespace) -> None:
     device = pick_device(args.device, DistEnv())
     trained = load_trained_generator(args.checkpoint, device, args.data_root)
     window, size = trained.prep.window, trained.prep.size
-    print(f"generator from {trained.checkpoint}; prep window {window} HU, slice size {size or 'native'}")
+    print(f"generator from {trained.checkpoint}; prep window {window} HU, slice size {size or 'native'}",
+          file=sys.stderr if args.json else sys.stdout)
     if single:
-        print(infer_volume(trained.generator, args.input, args.out, window, size, device, args.batch_size))
+        with Progress(1, "inference", "volumes"):
+            out = infer_volume(trained.generator, args.input, args.out, window, size, device, args.batch_size)
+        emit(infer_volume_summary(out), args.json)
         return
     result = infer_folder(trained.generator, args.input_dir, args.out_dir, window, size, device, args.batch_size,
                           args.target_dir)
-    print(f"wrote {len(result.outputs)} volumes to {args.out_dir}")
-    for path, reason in result.skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if result.skipped_csv is not None:
-        print(f"{len(result.skipped)} skipped: {result.skipped_csv}", file=sys.stderr)
-    if result.metrics_csv is not None:
-        print(f"metrics: {result.metrics_csv}")
-        print(json.dumps(describe(result), indent=1))
+    emit(infer_folder_summary(result, Path(args.out_dir), describe(result)), args.json)
 
 
 def _add_infer_pix2pix(kinds: argparse._SubParsersAction) -> None:
@@ -228,6 +237,7 @@ def _add_infer_pix2pix(kinds: argparse._SubParsersAction) -> None:
                    "settings recorded in the checkpoint)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    _add_json_flag(p)
     p.set_defaults(func=_infer_pix2pix)
 
 
@@ -236,9 +246,10 @@ def _infer_xray2ct(args: argparse.Namespace) -> None:
     from ctpipe.infer_xray2ct import infer_xray2ct
 
     device = pick_device(args.device, DistEnv())
-    result = infer_xray2ct(args.checkpoint, args.xrays, args.out, refine=args.refine, sample_id=args.sample_id,
-                           fov_mm=args.fov_mm, device=device)
-    print(json.dumps({**result.__dict__, "path": str(result.path)}))
+    with Progress(1, "inference", "volumes"):
+        result = infer_xray2ct(args.checkpoint, args.xrays, args.out, refine=args.refine, sample_id=args.sample_id,
+                               fov_mm=args.fov_mm, device=device)
+    emit(infer_xray2ct_summary(result), args.json)
 
 
 def _add_infer_xray2ct(kinds: argparse._SubParsersAction) -> None:
@@ -252,6 +263,7 @@ def _add_infer_xray2ct(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-id", default=None, help="sample of the shard set given as --xrays")
     p.add_argument("--fov-mm", type=float, default=None, help="edge of the imaged cube in mm (required for .npy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    _add_json_flag(p)
     p.set_defaults(func=_infer_xray2ct)
 
 
@@ -286,6 +298,10 @@ def _submit(args: argparse.Namespace) -> None:
     for job in jobs:
         print(f"submitted {args.stage} job {job.job_id}")
     if args.wait:
+        if args.executor == "local":  # forward the jobs' log lines while waiting
+            from ctpipe.demo_common import follow_jobs
+
+            follow_jobs(jobs, lambda line: print(line, flush=True), keep=lambda line: not line.startswith("submitit "))
         for result in wait_all(jobs):
             print(json.dumps(result.__dict__))
 

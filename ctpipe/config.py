@@ -72,6 +72,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = None
     deterministic: bool = False           # torch deterministic algorithms + cuBLAS workspace (see README)
+    tensorboard: bool = False             # scalars + example images to run_dir/tb/ (extra: ctpipe[tensorboard])
 
 
 # ---- generic (de)serialisation ---------------------------------------------------------------------
@@ -224,9 +225,12 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = (), where: str = "config") -> T:
-    """Merge overrides into ``data`` and validate it as ``cls``."""
+    """Merge overrides into ``data`` and validate it as ``cls`` (counts and schedule lengths included)."""
+    from ctpipe.schedule_checks import check_schedule_lengths
+
     config = from_dict(cls, apply_overrides(data, overrides), where)
     check_counts(config, where)
+    check_schedule_lengths(config, where)
     return config
 
 

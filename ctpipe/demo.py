@@ -8,14 +8,11 @@ from pathlib import Path
 DEMO_NAME = "demo"
 
 
-def _say(message: str) -> None:
-    print(f"[ctpipe demo] {message}", flush=True)
-
-
 def run_demo(workdir: Path, n: int = 400, epochs: int = 10, seed: int = 0) -> dict[str, Path]:
     """Run the main job end to end in ``workdir``; returns the output files (and prints them)."""
     from ctpipe.data.lodopab import prep_lodopab
     from ctpipe.data.synthetic import write_synthetic_lodopab
+    from ctpipe.demo_common import DemoLog, follow_jobs, job_logs
     from ctpipe.launch import Resources, submit_training, wait_all
     from ctpipe.report import aggregate
 
@@ -24,20 +21,28 @@ def run_demo(workdir: Path, n: int = 400, epochs: int = 10, seed: int = 0) -> di
     shards = workdir / "data" / DEMO_NAME / "shards"
     runs = workdir / "runs" / DEMO_NAME
     results = workdir / "results" / DEMO_NAME
-    _say(f"1/4 synthesizing {n} LoDoPaB-format slices (small geometry) in {raw}")
+    log = DemoLog("demo", results / "demo.log")
+    say = log.say
+    say(f"log: {log.path}; outputs: {results}")
+    say(f"1/4 synthesizing {n} LoDoPaB-format slices (small geometry) in {raw}")
     write_synthetic_lodopab(raw, n=n, size="small", seed=seed)
-    _say(f"2/4 converting raw files to shards in {shards}")
+    say(f"2/4 converting raw files to shards in {shards}")
     prep_lodopab(raw, shards)
     run_dir = runs / "fbp_window" / "learned_window"
-    _say(f"3/4 training experiment 1 (learned window) through the submitit local executor in {run_dir}")
+    say(f"3/4 training experiment 1 (learned window, {epochs} epochs) through the submitit local executor in "
+        f"{run_dir}")
     overrides = [f"data.root={shards}", f"train.epochs={epochs}", "train.log_every=10"]
     jobs = submit_training("fbp_window", overrides, executor_kind="local", run_dir=run_dir,
                            resources=Resources(timeout_min=30))
+    for job in jobs:
+        say(f"   job {job.job_id}: training log {job_logs(job)[1]} (forwarded below)")
+    follow_jobs(jobs, say, keep=lambda line: not line.startswith("submitit "))
     for result in wait_all(jobs):
-        _say(f"   job finished: status={result.status} epochs={result.epoch}")
-    _say(f"4/4 aggregating into {results}")
+        say(f"   job finished: status={result.status} epochs={result.epoch}")
+    say(f"4/4 aggregating into {results}")
     outputs = aggregate(runs, results)
-    _say(f"done in {time.monotonic() - start:.1f} s")
+    say(f"done in {time.monotonic() - start:.1f} s")
     for name, path in outputs.items():
-        _say(f"{name}: {path}")
+        say(f"{name}: {path}")
+    say(f"demo log: {log.path}")
     return outputs

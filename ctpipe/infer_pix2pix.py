@@ -29,6 +29,7 @@ from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slic
                                     iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
                                     unit_to_hu, unusable_entries, volume_hu_problem)
 from ctpipe.errors import UserError
+from ctpipe.progress import track
 
 
 class OverwriteRefusedError(UserError):
@@ -202,7 +203,7 @@ def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: 
     if not paths:
         raise FileNotFoundError(f"no .nii/.nii.gz files in {in_dir}")
     outputs, rows, skipped = [], [], [(path, reason) for path, reason in unusable_entries(in_dir)]
-    for path in paths:
+    for path in track(paths, f"inference {Path(in_dir).name}", "volumes"):
         try:
             out_path = infer_volume(generator, path, out_dir / path.name, window, size, device, batch_size)
         except VolumeError as error:

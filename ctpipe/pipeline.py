@@ -348,6 +348,13 @@ def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int
     for chunk in split_array(range(n_tasks), limit):
         jobs += prep_ex.map_array(job, chunk)
     return jobs
+def _wait(jobs: Sequence[Any], executor_kind: str, say: Callable[[str], None]) -> None:
+    """Wait for ``jobs``; local jobs' log lines are forwarded meanwhile (never silent for more than 30 s)."""
+    if executor_kind == "local":
+        from ctpipe.demo_common import follow_jobs
+
+        follow_jobs(jobs, say, keep=lambda line: not line.startswith("submitit "))
+    wait_all(jobs)
 
 
 def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
@@ -368,7 +375,7 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     prep_jobs = _submit_prep(plan, executor_kind, prep_cpus)
     say(f"prep_{plan.family}: job {_array_id(prep_jobs)} ({len(prep_jobs)} array task(s)) {plan.raw} -> {plan.shards}")
     if ordered:
-        wait_all(prep_jobs)
+        _wait(prep_jobs, executor_kind, say)
     train: dict[str, tuple[str, ...]] = {}
     by_key: dict[str, list[Any]] = {}
     train_jobs: list[Any] = []
@@ -382,7 +389,7 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
                                after=() if ordered else after)
         say(f"{step.key}: job {_array_id(jobs)} ({len(jobs)} run(s)) -> {plan.runs / step.key}")
         if ordered:
-            wait_all(jobs)
+            _wait(jobs, executor_kind, say)
         train[step.key] = tuple(str(j.job_id) for j in jobs)
         by_key[step.key] = jobs
         train_jobs += jobs
@@ -391,12 +398,12 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     agg_job = agg_ex.submit(AggregateJob(plan.runs, plan.results))
     say(f"aggregate: job {agg_job.job_id} -> {plan.results / 'summary.csv'}")
     if ordered:
-        wait_all([agg_job])
+        _wait([agg_job], executor_kind, say)
     infer_job = _submit_inference(plan, executor_kind, by_key, agg_job)
     if infer_job is not None:
         say(f"infer: job {infer_job.job_id} -> {plan.results / 'inference'}")
         if ordered:
-            wait_all([infer_job])
+            _wait([infer_job], executor_kind, say)
     submitted = PipelineJobs(plan=plan, executor=executor_kind, prep=tuple(str(j.job_id) for j in prep_jobs),
                              train=train, aggregate=str(agg_job.job_id), summary=plan.results / "summary.csv",
                              infer=None if infer_job is None else str(infer_job.job_id))

@@ -13,6 +13,7 @@ import pandas as pd
 from ctpipe.atomic import atomic_path, atomic_write_frame
 from ctpipe.errors import UserError
 from ctpipe.stages.base import EVAL_COUNTS
+from ctpipe.report_html import write_html_report
 
 # Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
 # non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
@@ -279,5 +280,5 @@ def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
             png = plot_examples(run, split, out_dir / f"{run.stage}-{run.name}-{split}.png")
             if png:
                 outputs[f"examples_{run.stage}_{run.name}_{split}"] = png
-                break
+    outputs.update(write_html_report(out_dir, summary, per_sample, runs))  # report.html (+ distributions.png)
     return outputs

@@ -37,6 +37,7 @@ from ctpipe.atomic import atomic_write_text
 from ctpipe.config import SchedulerConfig, TrainConfig
 from ctpipe.errors import RunFolderError, UserError
 from ctpipe.schedules import EpochScheduler
+from ctpipe.tensorboard_log import open_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +345,7 @@ class Trainer:
         self.stepper = Stepper(cfg, device, task.optimizers, self.schedulers, self.train_modules)
         self.state = self._fresh_state()
         self._last_save = time.monotonic()
+        self.tb = open_tensorboard(cfg.tensorboard, self.run_dir, self.env.is_main)  # None unless enabled
 
     # -- set-up -------------------------------------------------------------------------------------
     def _wrap_modules(self) -> dict[str, nn.Module]:
@@ -576,6 +578,8 @@ class Trainer:
         log.info("epoch %d step %d/%d %s lr=%.3g samples/s=%.1f %s", self.state["epoch"],
                  self.state["step_in_epoch"], self.steps_per_epoch, text, lr,
                  seen * self.env.world_size / max(elapsed, 1e-9), rate.rate_eta())
+        if self.tb is not None:
+            self.tb.step(self.state["global_step"], {**terms, "lr": lr})
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset, batch_size: int | None = None) -> dict[str, float]:
@@ -615,6 +619,8 @@ class Trainer:
             sched.after_epoch(monitor_value)
         improved = self._update_best(monitor_value)
         self.state["history"].append(row)
+        if self.tb is not None:
+            self.tb.epoch(row["epoch"], row)
         n_samples = self.steps_per_epoch * self.batch_size * self.env.world_size
         self.state["timing"].append({"epoch": epoch + 1, "wall_s": round(elapsed, 3),
                                      "samples_per_s": round(n_samples / max(elapsed, 1e-9), 3)})

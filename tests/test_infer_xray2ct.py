@@ -56,7 +56,7 @@ def test_refined_output_and_npy_input_through_the_cli(trained, tmp_path: Path, c
     np.save(xray, load_xrays(shards, "ct_0002").xray)
     out = tmp_path / "refined.nii"
     main(["infer", "xray2ct", "--checkpoint", str(stage1), "--xrays", str(xray), "--out", str(out),
-          "--refine", str(refine), "--fov-mm", "256", "--device", "cpu"])
+          "--refine", str(refine), "--fov-mm", "256", "--device", "cpu", "--json"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     image = nib.load(out)
     assert image.shape == (32, 32, 32) and printed["model"] == "refine_256"  # the grid refine was trained on

@@ -61,6 +61,7 @@ def test_local_pipeline_synthesizes_preps_trains_and_aggregates(tmp_path: Path, 
           "--synth-angles", "24", "--prep-tasks", "2", "train.epochs=2", "train.device=cpu"])
     out = capsys.readouterr().out
     assert "prep_lodopab: job" in out and "fbp_window: job" in out and "aggregate: job" in out
+    assert "  | " in out and "[ctpipe.train]" in out  # the local jobs' log lines are forwarded while waiting
     manifest = json.loads((tmp_path / "data" / "lodopab" / "shards" / "manifest.json").read_text())
     assert len(manifest["shards"]) == 4  # 32/4/4 slices, 16 per raw file: 2 + 1 + 1 pairs, by 2 prep tasks
     history = pd.read_csv(tmp_path / "runs" / "lodopab" / "fbp_window" / "history.csv")

@@ -78,6 +78,7 @@ from ctpipe.ops.drr import (
     hu_to_mu,
     render_drr,
 )
+from ctpipe.progress import track
 from ctpipe.runlock import one_run_per_prep_task
 
 HU_WINDOW = (-1024.0, 1476.0)  # X2CT-GAN: HU + 1024 clipped to [0, 2500], scaled to [0, 1]
@@ -463,7 +464,7 @@ def prep_drr(
     (out / GROUP_DIR).mkdir(parents=True, exist_ok=True)
     groups = [files[k : k + files_per_shard] for k in range(0, len(files), files_per_shard)]
     written, skipped, bad = [], [], []
-    for group in range(task_index, len(groups), n_tasks):
+    for group in track(range(task_index, len(groups), n_tasks), f"DRR prep task {task_index}/{n_tasks}", "groups"):
         for leftover in temp_files_for(_group_shard(out, group)):
             leftover.unlink(missing_ok=True)
         if _group_done(out, group, groups[group]):

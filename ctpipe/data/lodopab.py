@@ -28,7 +28,6 @@ from typing import Any, Sequence
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from ctpipe.data.phantoms import MU_MAX
 from ctpipe.data.shards import (
@@ -45,6 +44,7 @@ from ctpipe.data.shards import (
 from ctpipe.errors import UserError
 from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.runlock import one_run_per_prep_task
+from ctpipe.progress import track
 
 PARTS = ("train", "validation", "test")
 DATA_KEY = "data"
@@ -338,7 +338,7 @@ def prep_lodopab(
     claim_output(out, "lodopab", src, {"parts": list(layout.parts)})
     written, skipped = [], []
     own = [pair for pair in layout.pairs if pair.shard_index % n_tasks == task_index]
-    for pair in tqdm(own, desc=f"LoDoPaB prep task {task_index}/{n_tasks}", unit="shard", disable=not progress):
+    for pair in track(own, f"LoDoPaB prep task {task_index}/{n_tasks}", "shards", mode=None if progress else "off"):
         for leftover in temp_files_for(shard_path(out, pair.shard_index)):
             leftover.unlink(missing_ok=True)
         if _is_done(out, pair):

@@ -62,6 +62,7 @@ from ctpipe.data.shards import (FieldSpec, ShardSetError, claim_output, finalize
                                 read_shard_attrs, read_sidecar, shard_index, shard_is_complete, shard_name,
                                 sidecar_path, temp_files_for, write_shard)
 from ctpipe.errors import UserError
+from ctpipe.progress import track
 from ctpipe.runlock import RunLockedError, hold_run_lock, one_run_per_prep_task
 
 log = logging.getLogger(__name__)
@@ -473,7 +474,8 @@ def prep_nifti_pairs(
         rows += [{"file": _relative(path, src), "status": "skipped", "reason": reason, "index": -1}
                  for _, a_dir, b_dir in SUBSETS for folder in (a_dir, b_dir)
                  for path, reason in unusable_entries(src / folder)]
-    for index in range(task_index, len(candidates), n_tasks):
+    own = range(task_index, len(candidates), n_tasks)
+    for index in track(own, f"NIfTI pairs prep task {task_index}/{n_tasks}", "pairs"):
         cand = candidates[index]
         for leftover in temp_files_for(out / VOLUMES_DIR / shard_name(index)):
             leftover.unlink(missing_ok=True)

@@ -24,12 +24,12 @@ from typing import Any, Literal, Sequence
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ctpipe.atomic import atomic_path, atomic_write_text
 from ctpipe.data.phantoms import MU_MAX, hu_to_normalised, random_anatomy, render_slice
 from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.ops.projector import forward_project
+from ctpipe.progress import Progress
 
 PHOTONS_PER_PIXEL = 4096
 MIN_PHOTON_COUNT = 0.1
@@ -150,7 +150,7 @@ def _write_data_file(path: Path, data: np.ndarray) -> None:
 
 
 def _write_part_files(out: Path, part: str, plan: list[_Sample], seed: int, geometry: ParallelBeamGeometry,
-                      samples_per_file: int, device: torch.device | str | None, bar: tqdm) -> list[str]:
+                      samples_per_file: int, device: torch.device | str | None, bar: Progress) -> list[str]:
     names = []
     for file_index, start in enumerate(range(0, len(plan), samples_per_file)):
         chunk = plan[start:start + samples_per_file]
@@ -195,7 +195,7 @@ def write_synthetic_lodopab(
     files: list[str] = []
     patients: dict[str, int] = {}
     first_patient = 0
-    with tqdm(total=n, desc="synthetic LoDoPaB", unit="slice", disable=not progress) as bar:
+    with Progress(n, "synthetic LoDoPaB", "slices", mode=None if progress else "off") as bar:
         for part_index, part in enumerate(PARTS):
             plan, patients[part] = _plan_part(counts[part], first_patient, np.random.default_rng([seed, 3, part_index]))
             first_patient += patients[part]

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from ctpipe.atomic import atomic_path
+from ctpipe.progress import track
 
 AIR_HU = -1000.0
 FAT_HU = -100.0
@@ -162,7 +163,7 @@ def write_synthetic_ct(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for index in range(n):
+    for index in track(range(n), "synthetic CT", "volumes"):
         hu, affine = synthetic_ct_volume(index, (size, size, size), spacing, seed=seed, lps=lps)
         paths.append(save_nifti(folder / f"ct_{index:04d}.nii.gz", hu, affine))
     return paths

@@ -27,6 +27,7 @@ from typing import Iterator
 import numpy as np
 
 from ctpipe.data.synthetic_ct import save_nifti, synthetic_affine
+from ctpipe.progress import track
 
 AIR_HU, FAT_HU, TISSUE_HU, LUNG_HU, BONE_HU = -1000.0, -100.0, 40.0, -850.0, 700.0
 MYOCARDIUM_HU, BLOOD_HU = 60.0, 250.0
@@ -130,10 +131,13 @@ def phase_grid(size: int, n_slices: int, lps: bool = True) -> tuple[tuple[int, i
 
 
 def synthetic_phase_volumes(index: int, size: int = 64, n_slices: int = 16, n_phases: int = 10, seed: int = 0,
-                            lps: bool = True, oversample: int = DEFAULT_OVERSAMPLE
+                            lps: bool = True, oversample: int = DEFAULT_OVERSAMPLE, subset: str = "train"
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(input HU int16, target HU int16, affine)`` for patient ``index``: average of phases and phase 0."""
-    rng = np.random.default_rng([seed, index])
+    """``(input HU int16, target HU int16, affine)`` for patient ``index``: average of phases and phase 0.
+
+    ``subset="test"`` draws from its own random stream, so test patient K is not training patient K.
+    """
+    rng = np.random.default_rng([seed, index] if subset == "train" else [seed, index, SUBSET_STREAMS[subset]])
     patient = _draw_patient(rng)
     shape, affine = phase_grid(size, n_slices, lps)
     phases = []
@@ -148,24 +152,29 @@ def synthetic_phase_volumes(index: int, size: int = 64, n_slices: int = 16, n_ph
     return to_int16(average), to_int16(phases[0]), affine
 
 
+SUBSET_STREAMS = {"train": 0, "test": 1}
+SUBSET_PREFIX = {"train": "patient", "test": "test_patient"}  # distinct names: prep refuses an id in both
+
+
 def write_synthetic_phases(out: str | Path, n: int, size: int = 64, n_slices: int = 16, n_phases: int = 10,
                            seed: int = 0, subset: str = "train", lps: bool = True,
                            oversample: int = DEFAULT_OVERSAMPLE) -> list[tuple[Path, Path]]:
     """Write ``n`` pairs ``out/{subset}A/patient_K.nii.gz`` (average) / ``out/{subset}B/...`` (phase 0).
 
-    Returns ``[(input path, target path), ...]``. ``subset`` is "train" or "test".
+    Returns ``[(input path, target path), ...]``. ``subset`` is "train" or "test"; test patients are other
+    people (their own random stream) named ``test_patient_K``, so ``prep nifti-pairs`` accepts both folders.
     """
     if n < 0 or size < 8 or n_slices < 1 or n_phases < 1 or oversample < 1:
         raise ValueError(f"write_synthetic_phases: need n >= 0, size >= 8, n_slices >= 1, n_phases >= 1, "
                          f"oversample >= 1; got n={n}, size={size}, n_slices={n_slices}, n_phases={n_phases}, "
                          f"oversample={oversample}")
-    if subset not in ("train", "test"):
+    if subset not in SUBSET_STREAMS:
         raise ValueError(f"write_synthetic_phases: subset={subset!r}, choose 'train' or 'test'")
     root = Path(out)
     pairs = []
-    for k in range(n):
-        average, phase0, affine = synthetic_phase_volumes(k, size, n_slices, n_phases, seed, lps, oversample)
-        name = f"patient_{k}.nii.gz"
+    for k in track(range(n), f"synthetic phases ({subset})", "patients"):
+        average, phase0, affine = synthetic_phase_volumes(k, size, n_slices, n_phases, seed, lps, oversample, subset)
+        name = f"{SUBSET_PREFIX[subset]}_{k}.nii.gz"
         a = save_nifti(root / f"{subset}A" / name, average, affine)
         b = save_nifti(root / f"{subset}B" / name, phase0, affine)
         pairs.append((a, b))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctpipe.atomic import atomic_path, atomic_write_frame, atomic_write_json
 from ctpipe.distributed import DistEnv
+from ctpipe.progress import track
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,7 @@ def evaluate_predictors(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in predictors}
     examples: dict[str, list[np.ndarray]] = {"target": [], **{name: [] for name in predictors}}
-    for batch in loader:
+    for batch in track(loader, f"final evaluation ({out_dir.name})", "batches"):
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         target = batch[target_key]
         take = max(n_examples - len(examples["target"]), 0)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -40,11 +41,13 @@ from torch.utils.data import DataLoader, Dataset
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
+from ctpipe.progress import track
 from ctpipe.stages.base import Stage, write_eval_tables, write_examples
 
 STAGE = "pix2pix_phase"
 MODEL_NAME = "pix2pix"
 BASELINE_NAME = "identity"
+log = logging.getLogger(__name__)
 SLICE_RANGE = (-1.0, 1.0)  # the prep's intensity scale (Tanh range)
 N_EXAMPLES = 4
 
@@ -62,7 +65,7 @@ class PhaseDataConfig(DataConfig):
 @dataclasses.dataclass(frozen=True)
 class Pix2PixModelConfig:
     generator: Literal["unet_256", "unet_512"] = "unet_256"
-    num_downs: int | None = None         # overrides the generator's depth (tiny test models)
+    num_downs: int | None = None         # None: the deepest the slice size allows, capped at the generator's
     ngf: int = 64
     norm: Literal["batch", "instance"] = "batch"
     dropout: bool = True
@@ -94,10 +97,11 @@ class Pix2PixPhaseConfig:
     train: TrainConfig = TrainConfig(epochs=200, early_stopping_patience=None, checkpoint_every=5)
 
     def __post_init__(self) -> None:
-        if self.scheduler.name == "linear_decay" and not 0 <= self.scheduler.n_epochs_constant <= self.train.epochs:
-            raise ConfigError(
-                f"{STAGE} config: scheduler.n_epochs_constant={self.scheduler.n_epochs_constant} must lie in "
-                f"0..train.epochs={self.train.epochs} (train.epochs = n_epochs + n_epochs_decay)")
+        from ctpipe.schedule_checks import linear_decay_problem
+
+        problem = linear_decay_problem(self.scheduler.n_epochs_constant, self.train.epochs)
+        if self.scheduler.name == "linear_decay" and problem:
+            raise ConfigError(f"{STAGE} config: {problem}")
         if self.loss.lambda_l1 < 0:
             raise ConfigError(f"{STAGE} config: loss.lambda_l1={self.loss.lambda_l1} must be >= 0")
 
@@ -107,14 +111,51 @@ class Pix2PixPhaseConfig:
 
 
 # ---- networks ---------------------------------------------------------------------------------------------
-def generator_config(cfg: Pix2PixModelConfig) -> UNetConfig:
-    base = GENERATORS[cfg.generator]
-    return dataclasses.replace(base, num_downs=cfg.num_downs if cfg.num_downs is not None else base.num_downs,
+MIN_NUM_DOWNS = 5  # the pix2pix U-Net's shallowest layout (UNetConfig refuses fewer)
+
+
+def deepest_num_downs(side: Sequence[int]) -> int:
+    """Largest ``k`` with every side a multiple of ``2 ** k`` (a U-Net of ``k`` levels fits)."""
+    k = 0
+    while all(s > 0 and s % 2 ** (k + 1) == 0 for s in side):
+        k += 1
+    return k
+
+
+def resolve_num_downs(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> int:
+    """``model.num_downs`` when given and fitting ``side``; unset: the deepest that fits, at most the generator's.
+
+    Raises :class:`ConfigError` naming the slice size and the valid values when nothing (or not the given
+    value) fits.
+    """
+    cap = GENERATORS[cfg.generator].num_downs
+    deepest = deepest_num_downs(side)
+    valid = list(range(MIN_NUM_DOWNS, deepest + 1))
+    shape = "x".join(str(s) for s in side)
+    if cfg.num_downs is None:
+        if not valid:
+            raise ConfigError(f"{STAGE}: slices in {where} are {shape}, but the pix2pix U-Net needs sides that are "
+                              f"multiples of {2 ** MIN_NUM_DOWNS} (num_downs >= {MIN_NUM_DOWNS}); re-prep with "
+                              "--size 64, 128, 256 or 512")
+        return min(cap, deepest)
+    if cfg.num_downs not in valid:
+        fits = f"valid model.num_downs for {shape}: {', '.join(map(str, valid))}" if valid else \
+            f"no model.num_downs fits {shape}; re-prep with --size 64, 128, 256 or 512"
+        raise ConfigError(f"{STAGE}: slices in {where} are {shape}, but a U-Net with num_downs={cfg.num_downs} needs "
+                          f"sides that are multiples of {2 ** cfg.num_downs}; {fits} (or leave model.num_downs "
+                          f"unset to pick the deepest that fits), or re-prep with --size "
+                          f"{max(2 ** cfg.num_downs, 256)}")
+    return cfg.num_downs
+
+
+def generator_config(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetConfig:
+    """The U-Net for slices of ``side``: depth from :func:`resolve_num_downs`, widths/norm from ``cfg``."""
+    return dataclasses.replace(GENERATORS[cfg.generator], num_downs=resolve_num_downs(cfg, side, where),
                                ngf=cfg.ngf, norm=cfg.norm, dropout=cfg.dropout)
 
 
-def build_generator(cfg: Pix2PixModelConfig) -> UNetGenerator:
-    return UNetGenerator(generator_config(cfg))
+def build_generator(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetGenerator:
+    return UNetGenerator(generator_config(cfg, side, where))
 
 
 def build_discriminator(cfg: Pix2PixModelConfig) -> nn.Module:
@@ -191,11 +232,6 @@ def _slice_side(root: str | Path, field: str) -> tuple[int, ...]:
     return tuple(fields[field].shape)
 
 
-def _check_side(side: tuple[int, ...], g: UNetConfig, root: str | Path) -> None:
-    if len(side) != 2 or side[0] % g.min_side or side[1] % g.min_side:
-        raise ConfigError(f"{STAGE}: slices in {root} are {side}, but a U-Net with num_downs={g.num_downs} needs "
-                          f"sides that are multiples of {g.min_side}; re-prep with --size {max(g.min_side, 256)} "
-                          "or choose model.generator / model.num_downs to match")
 
 
 # ---- the trainer's task ------------------------------------------------------------------------------------
@@ -208,9 +244,15 @@ class Pix2PixPhaseTask:
         self.cfg = cfg
         self.prep = read_prep_info(cfg.data.root)
         side = _slice_side(cfg.data.root, cfg.data.input_field)
-        _check_side(side, generator_config(cfg.model), cfg.data.root)
+        if len(side) != 2:
+            raise ConfigError(f"{STAGE}: field {cfg.data.input_field!r} in {cfg.data.root} has shape {side}, "
+                              "expected 2D slices; re-run `ctpipe prep nifti-pairs`")
+        g = generator_config(cfg.model, side, str(cfg.data.root))
+        log.info("%s: U-Net num_downs=%d for %s slices (%s)", STAGE, g.num_downs, "x".join(map(str, side)),
+                 "model.num_downs" if cfg.model.num_downs is not None else
+                 f"the deepest that fits, at most {cfg.model.generator}'s {GENERATORS[cfg.model.generator].num_downs}")
         self.train_set, self.val_set, self.test_set = load_phase_splits(cfg.data)
-        self.G = sync_batch_norm(build_generator(cfg.model), env, device)
+        self.G = sync_batch_norm(UNetGenerator(g), env, device)
         self.D = sync_batch_norm(build_discriminator(cfg.model), env, device)
         self.modules: dict[str, nn.Module] = {"G": self.G, "D": self.D}
         self.optimizers = {"G": build_optimizer(self.G.parameters(), cfg.optim),
@@ -260,7 +302,8 @@ class VolumeSlices:
 
 @torch.no_grad()
 def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, device: torch.device,
-                    expected_slices: Mapping[str, int] | None = None) -> Iterator[VolumeSlices]:
+                    expected_slices: Mapping[str, int] | None = None, label: str = "volumes"
+                    ) -> Iterator[VolumeSlices]:
     """Run ``generator`` over ``dataset`` and yield one :class:`VolumeSlices` per patient, one at a time.
 
     Relies on the shard-set order (manifest shard order, then row order; a nifti_pairs shard is one volume
@@ -284,7 +327,7 @@ def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfi
         done.add(current)
         return VolumeSlices(current, arrays["input"], arrays["target"], arrays["prediction"])
 
-    for batch in loader:
+    for batch in track(loader, f"final evaluation ({label})", "batches"):
         a = batch[data.input_field].to(device)
         pred = generator(a).float().clamp(*SLICE_RANGE)
         columns = {"input": a[:, 0].float().cpu().numpy(), "target": batch[data.target_field][:, 0].numpy(),
@@ -324,7 +367,7 @@ def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig
 
     rows: dict[str, list[dict[str, Any]]] = {MODEL_NAME: [], BASELINE_NAME: []}
     examples: dict[str, list[np.ndarray]] = {"target": [], MODEL_NAME: [], BASELINE_NAME: []}
-    for volume in predict_volumes(generator, dataset, data, device, expected_slices):
+    for volume in predict_volumes(generator, dataset, data, device, expected_slices, out_dir.name):
         for model, row in volume_rows(volume, prep.window).items():
             rows[model].append(row)
         if len(examples["target"]) < N_EXAMPLES:
@@ -400,6 +443,16 @@ def _run_prep(state: Mapping[str, Any], cfg: Pix2PixPhaseConfig, data_root: str 
                                 "pass --data-root with the shard set it was trained on") from None
 
 
+def _trained_side(state: Mapping[str, Any], prep: PrepInfo, cfg: Pix2PixPhaseConfig) -> tuple[int, ...]:
+    """The slice shape the generator was trained on: recorded in the checkpoint, else the prep's size."""
+    recorded = json.loads(state.get("fingerprint") or "{}").get("slice_shape")
+    if recorded:
+        return tuple(int(s) for s in recorded)
+    if prep.size is not None:
+        return (prep.size, prep.size)
+    return _slice_side(cfg.data.root, cfg.data.input_field)
+
+
 def load_trained_generator(checkpoint: str | Path, device: torch.device | str = "cpu",
                            data_root: str | Path | None = None) -> TrainedGenerator:
     """Rebuild the generator of a ``pix2pix_phase`` checkpoint (best.pt, latest.pt, epoch_NNN.pt).
@@ -412,10 +465,11 @@ def load_trained_generator(checkpoint: str | Path, device: torch.device | str = 
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     cfg = _run_config(state, checkpoint)
-    generator = build_generator(cfg.model)
+    prep = _run_prep(state, cfg, data_root, checkpoint)
+    generator = build_generator(cfg.model, _trained_side(state, prep, cfg), str(checkpoint))
     generator.load_state_dict(state["models"]["G"])
     generator.to(device).eval()
-    return TrainedGenerator(generator, _run_prep(state, cfg, data_root, checkpoint), cfg, checkpoint)
+    return TrainedGenerator(generator, prep, cfg, checkpoint)
 
 
 PIX2PIX_PHASE = Stage(STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, final_evaluation, MODEL_NAME)

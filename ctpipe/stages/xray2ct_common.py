@@ -34,6 +34,7 @@ from ctpipe.config import ConfigError
 from ctpipe.losses3d import ssim3d
 from ctpipe.metrics import mae, metric_column, psnr, ssim, ssim_window_size
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
+from ctpipe.progress import track
 from ctpipe.stages.base import write_eval_tables, write_examples
 
 log = logging.getLogger(__name__)
@@ -409,7 +410,7 @@ def evaluate_volume_models(
     examples: dict[str, list[np.ndarray]] = {"target": [], **{n: [] for n in example_models}}
     first: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in loader:
+    for batch in track(loader, f"final evaluation ({out_dir.name})", "batches"):
         batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         outputs = predict(batch)
         take = max(n_examples - len(examples["target"]), 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -229,8 +230,11 @@ def test_array_tasks_give_the_single_task_result(tmp_path: Path) -> None:
 def test_no_patient_in_two_splits_and_test_folders_go_to_test(tmp_path: Path) -> None:
     src = tmp_path / "src"
     write_synthetic_phases(src, 10, size=16, n_slices=2)
-    write_synthetic_phases(src, 2, size=16, n_slices=2, seed=1, subset="test")  # names patient_0, patient_1
-    # the test folder's patient_0/1 collide with training ids: they must be skipped, not leak
+    other = write_synthetic_phases(tmp_path / "other", 2, size=16, n_slices=2, seed=1)  # patient_0, patient_1
+    for a, b in other:  # test-folder files named like training patients: they must be skipped, not leak
+        for path, folder in ((a, "testA"), (b, "testB")):
+            (src / folder).mkdir(exist_ok=True)
+            shutil.copy(path, src / folder / path.name)
     image = nib.load(str(src / "testA" / "patient_0.nii.gz"))
     for folder in ("testA", "testB"):
         save(src / folder / "held_out.nii.gz", image.get_fdata(dtype=np.float32), image.affine)

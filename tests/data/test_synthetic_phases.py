@@ -27,7 +27,17 @@ def test_layout_names_and_header(tmp_path: Path) -> None:
     assert data.dtype == np.int16 and data.min() >= -1024 and data.max() <= 3071
     assert data[0, 0, 0] == pytest.approx(-1000, abs=60)  # a corner is air
     write_synthetic_phases(tmp_path, 1, size=16, n_slices=2, subset="test")
-    assert (tmp_path / "testA" / "patient_0.nii.gz").is_file() and (tmp_path / "testB" / "patient_0.nii.gz").is_file()
+    assert (tmp_path / "testA" / "test_patient_0.nii.gz").is_file()
+    assert (tmp_path / "testB" / "test_patient_0.nii.gz").is_file()
+
+
+def test_test_subset_holds_other_patients(tmp_path: Path) -> None:
+    """Test patient K is neither named nor drawn like training patient K (prep refuses an id in both)."""
+    train = write_synthetic_phases(tmp_path, 2, size=16, n_slices=2)
+    test = write_synthetic_phases(tmp_path, 2, size=16, n_slices=2, subset="test")
+    assert {a.name for a, _ in train}.isdisjoint({a.name for a, _ in test})
+    for (train_a, _), (test_a, _) in zip(train, test):
+        assert not np.array_equal(np.asarray(nib.load(str(train_a)).dataobj), np.asarray(nib.load(str(test_a)).dataobj))
 
 
 def test_deterministic_and_seed_dependent() -> None:

@@ -17,8 +17,8 @@ from ctpipe.data.nifti_pairs import canonical_slices, load_volume, prep_nifti_pa
 from ctpipe.infer_pix2pix import evaluate_volume
 from ctpipe.runner import run_stage, stage_config_path
 from ctpipe.schedules import linear_decay_factor
-from ctpipe.stages.pix2pix_phase import (Pix2PixPhaseConfig, load_phase_splits, load_trained_generator,
-                                        predict_volumes)
+from ctpipe.stages.pix2pix_phase import (Pix2PixModelConfig, Pix2PixPhaseConfig, load_phase_splits,
+                                        load_trained_generator, predict_volumes, resolve_num_downs)
 from ctpipe.train import StopFlag
 
 TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "model.n_layers_d=2",
@@ -189,6 +189,40 @@ def test_packaged_config_and_rules() -> None:
 def test_slice_size_must_fit_the_generator(phases: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiples of 256"):
         run_stage("pix2pix_phase", tmp_path, TINY + [f"data.root={phases / 'shards'}", "model.num_downs=8"])
+
+
+def test_unset_num_downs_picks_the_deepest_u_net_the_slices_allow(phases: Path, tmp_path: Path) -> None:
+    """64^2 slices and the default unet_512 (9 levels): 6 levels are picked; inference rebuilds the same net."""
+    tiny = [o for o in TINY if not o.startswith("model.num_downs")]
+    over = tiny + [f"data.root={phases / 'shards'}", "model.generator=unet_512", "train.epochs=1",
+                   "scheduler.n_epochs_constant=1", "train.max_steps_per_epoch=2"]
+    assert run_stage("pix2pix_phase", tmp_path, over, evaluate=False).status == "completed"
+    trained = load_trained_generator(tmp_path / "checkpoints" / LATEST)  # strict load: same depth as trained
+    assert trained.generator.config.num_downs == 6
+    assert tuple(trained.generator(torch.zeros(1, 1, 64, 64)).shape) == (1, 1, 64, 64)
+
+
+def test_sizes_that_do_not_fit_fail_naming_the_size_and_valid_depths() -> None:
+    model = Pix2PixModelConfig(generator="unet_256")
+    assert [resolve_num_downs(model, (s, s)) for s in (32, 64, 96, 256, 512)] == [5, 6, 5, 8, 8]
+    assert resolve_num_downs(Pix2PixModelConfig(generator="unet_512"), (512, 512)) == 9
+    with pytest.raises(ConfigError, match=r"slices in the shard set are 64x64.*valid model.num_downs for 64x64: 5, 6"):
+        resolve_num_downs(Pix2PixModelConfig(num_downs=8), (64, 64))
+    with pytest.raises(ConfigError, match=r"are 48x48.*multiples of 32.*--size 64"):
+        resolve_num_downs(model, (48, 48))
+
+
+def test_schedule_lengths_are_checked_against_epochs_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"n_epochs_constant=100 must lie in 0..train.epochs=10.*set "
+                                          r"scheduler.n_epochs_constant=5"):
+        build_config(Pix2PixPhaseConfig, load_json(stage_config_path("pix2pix_phase")), ["train.epochs=10"])
+    from ctpipe.stages.fbp_window import FBPWindowConfig
+
+    with pytest.raises(ConfigError, match=r"train.val_every=5 > train.epochs=3.*set train.val_every=1"):
+        build_config(FBPWindowConfig, {}, ["train.epochs=3", "train.val_every=5"])
+    with pytest.raises(ConfigError, match=r"set scheduler.n_epochs_constant=2"):
+        build_config(FBPWindowConfig, {}, ["train.epochs=4", "scheduler.name=linear_decay",
+                                            "scheduler.n_epochs_constant=9"])
 
 
 def _ddp_worker(rank: int, world: int, root: str, run_dir: str, port: int, queue) -> None:  # pragma: no cover

@@ -1,0 +1,40 @@
+"""Epoch counts that must fit inside ``train.epochs``, checked when a config is built (with the fix)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctpipe.config import ConfigError
+
+
+def linear_decay_problem(n_epochs_constant: int, epochs: int) -> str | None:
+    """Why ``scheduler.n_epochs_constant`` does not fit ``train.epochs`` and what to set, or None."""
+    if 0 <= n_epochs_constant <= epochs:
+        return None
+    return (f"scheduler.n_epochs_constant={n_epochs_constant} must lie in 0..train.epochs={epochs} (the lr stays "
+            f"constant for n_epochs_constant epochs, then decays linearly until train.epochs); set "
+            f"scheduler.n_epochs_constant={max(epochs // 2, 0)} (half of train.epochs, like pix2pix's 100 + 100) "
+            f"or train.epochs={max(2 * n_epochs_constant, 1)}")
+
+
+def schedule_problems(cfg: Any) -> list[str]:
+    """Problems of a stage config's schedule lengths relative to ``train.epochs`` (empty when it fits)."""
+    train = getattr(cfg, "train", None)
+    if train is None:
+        return []
+    problems = []
+    scheduler = getattr(cfg, "scheduler", None)
+    if scheduler is not None and scheduler.name == "linear_decay":
+        problem = linear_decay_problem(scheduler.n_epochs_constant, train.epochs)
+        if problem:
+            problems.append(problem)
+    if train.val_every > train.epochs:
+        problems.append(f"train.val_every={train.val_every} > train.epochs={train.epochs}: the run would never "
+                        f"validate (no best.pt, no early stopping); set train.val_every=1 (at most {train.epochs})")
+    return problems
+
+
+def check_schedule_lengths(cfg: Any, where: str = "config") -> None:
+    problems = schedule_problems(cfg)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
