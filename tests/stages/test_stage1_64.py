@@ -117,11 +117,12 @@ def test_multiscale_loss_weights_the_scales() -> None:
 
 
 def test_configs_load_and_model_presets() -> None:
-    for name, experiment, n_scales in (("stage1_64", "stage1_64", 1), ("stage1_64_enhanced", "stage1_64_enhanced", 3)):
+    for name, n_scales, perceptual in (("stage1_64", 1, 0.0), ("stage1_64_enhanced", 3, 0.1),
+                                       ("stage1_64_enhanced_003", 3, 0.2)):
         cfg = build_config(Stage1Config, load_json(Path("jobs/configs") / f"{name}.json"))
-        assert cfg.experiment == experiment and len(cfg.loss.scale_weights) == n_scales
+        assert cfg.experiment == name and len(cfg.loss.scale_weights) == n_scales
         assert cfg.train.amp == "bf16" and cfg.optim.name == "adamw" and cfg.scheduler.name == "cosine"
-        assert cfg.loss.l1 == 1.0 and cfg.loss.ssim3d == 0.5 and cfg.loss.perceptual == 0.0
+        assert cfg.loss.l1 == 1.0 and cfg.loss.ssim3d == 0.5 and cfg.loss.perceptual == perceptual
     assert resolve_stage1_network(Stage1ModelConfig("tiny"), True) == dataclasses.replace(
         XRAY2CT_TINY, gradient_checkpointing=True)
     with pytest.raises(ConfigError, match="needs model.network"):
