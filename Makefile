@@ -20,6 +20,10 @@ demo: $(STAMP)
 demo-unet: $(STAMP)  # experiment 4 (frozen FBP + UNet) on the demo's data (created when missing)
 	$(PY) -m ctpipe.demo_unet
 
+.PHONY: demo-xray2ct
+demo-xray2ct: $(STAMP)  # X-ray -> CT: synthetic cohort, prep with a test split, ViT + lift, baselines (<= 15 min, 2 cores)
+	$(PY) -m ctpipe.demo_xray2ct
+
 test: $(STAMP)
 	$(PY) -m pytest
 
