@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from ctpipe.demo_xray2ct import MARGIN, PSNR, DemoSettings, run_demo, verdict
 from ctpipe.models.xray2ct import XRAY2CT_TINY
@@ -27,6 +28,6 @@ def test_demo_pipeline_at_reduced_size(tmp_path: Path) -> None:
     margin, model, baseline = verdict(outputs["summary"])
     test = summary[summary.split == "test"]
     assert baseline in ("mean_volume", "nearest_xray") and model in ("stage1_vit_cpu", "stage1_lift_cpu")
-    assert margin == test[test.experiment == model][MARGIN].max()
+    assert margin == pytest.approx(test[test.experiment == model][MARGIN].max(), abs=1e-3)
     for name in ("slices_test", "slices_validation"):
         assert outputs[name].is_file() and outputs[name].stat().st_size > 10_000

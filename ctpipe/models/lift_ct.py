@@ -17,11 +17,12 @@ lateral column 0 anterior). The network uses that geometry instead of learning i
    mean, set by the stage before training; 0.5 until then) are stacked as input channels.
 4. **3D U-Net**: a stride-2 convolution to ``s/2``, an encoder/decoder with skips over
    ``len(unet_channels)`` levels, upsampling back to ``s`` and a full-resolution convolution that also
-   sees the lifted input. The output is ``sigmoid(logit(prior) + head)``: before training (zero head)
-   the network predicts the prior.
+   sees the lifted input. The output is ``prior + head`` (a linear residual, so that voxels where the prior
+   is air get the same gradient as tissue; a sigmoid around an air prior would be saturated), clamped to
+   [0, 1] in eval mode: before training (zero head) the network predicts the prior.
 
-Input ``(B, 2, xray_size, xray_size)`` (frontal, lateral) in [0, 1); output ``(B, 1, s, s, s)`` in (0, 1),
-RAS axis order, like :class:`ctpipe.models.xray2ct.XRay2CT64`.
+Input ``(B, 2, xray_size, xray_size)`` (frontal, lateral) in [0, 1); output ``(B, 1, s, s, s)`` (in [0, 1] in
+eval mode; unclamped in training), RAS axis order, like :class:`ctpipe.models.xray2ct.XRay2CT64`.
 """
 
 from __future__ import annotations
@@ -205,5 +206,5 @@ class LiftCT(nn.Module):
         x = self.unet(self.stem(h))
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         x = self.final(torch.cat([x, h], dim=1))
-        prior = torch.logit(self.prior.to(x).clamp(1e-3, 1.0 - 1e-3))
-        return torch.sigmoid(prior + self.head(x))
+        out = self.prior.to(x) + self.head(x)
+        return out if self.training else out.clamp(0.0, 1.0)
