@@ -3,8 +3,9 @@
 1. ``prep synth-ct``: a synthetic chest-CT cohort (``--n`` patients, NIfTI in LPS storage, HU).
 2. ``prep drr``: dual-view parallel-beam DRRs (``--xray-size``) and targets (``--volume-size``), with a
    patient-level train / validation / test split (``--split-fractions``; the test split is held out).
-3. ``stage1_64`` twice, at a CPU-sized preset: the hybrid ViT (``model.architecture=vit``, L1 + 3D SSIM as
-   in the base model) and the geometry-aware lift model (``model.architecture=lift``, L1).
+3. ``stage1_64`` twice, at a CPU-sized preset: the geometry-aware lift model (``model.architecture=lift``,
+   MSE: the loss PSNR measures) and the hybrid ViT (``model.architecture=vit``, L1 + 3D SSIM as in the base
+   model).
 4. Each run's final evaluation scores its model beside ``mean_volume`` and ``nearest_xray`` on the validation
    and test splits with the same code; ``aggregate`` writes ``results/demo/xray2ct/summary.csv`` (with each
    row's margin over the better of the two baselines) and this module adds
@@ -86,12 +87,12 @@ def run_models(shards: Path, runs: Path, settings: DemoSettings) -> dict[str, st
     from ctpipe.runner import run_stage
 
     plans = {
+        "lift": [*_common_overrides(shards, settings, settings.lift_epochs), "experiment=stage1_lift_cpu",
+                 "model.architecture=lift", f"model.preset={settings.lift_preset}", "loss.l1=0.0", "loss.mse=1.0",
+                 "loss.ssim3d=0.0", "optim.lr=0.001", "optim.weight_decay=0.0001"],
         "vit": [*_common_overrides(shards, settings, settings.vit_epochs), "experiment=stage1_vit_cpu",
                 "model.preset=custom", f"model.network={settings.vit_network}", "loss.l1=1.0", "loss.ssim3d=0.5",
                 "optim.lr=0.001", "optim.weight_decay=0.05"],
-        "lift": [*_common_overrides(shards, settings, settings.lift_epochs), "experiment=stage1_lift_cpu",
-                 "model.architecture=lift", f"model.preset={settings.lift_preset}", "loss.l1=1.0", "loss.ssim3d=0.0",
-                 "optim.lr=0.003", "optim.weight_decay=0.0001"],
     }
     statuses = {}
     for name, overrides in plans.items():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,10 @@ class LiftCTConfig:
     feature_channels: int = 16               # lifted feature maps per view
     unet_channels: tuple[int, ...] = (32, 64, 128)  # 3D U-Net widths at s/2, s/4, s/8, ...
     final_channels: int = 16                 # the full-resolution convolution
+    # "mean": the prior is one fixed volume (the training mean). "nearest": the training volume whose X-rays are
+    # nearest (a bank of the training split kept in the model, N x s^3 floats: for small cohorts), made
+    # consistent with the query's own projections by one multiplicative correction per view (MART).
+    prior: Literal["mean", "nearest"] = "mean"
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -66,13 +71,15 @@ class LiftCTConfig:
         if levels < 1 or self.volume_size % 2 ** levels:
             raise ValueError(f"LiftCTConfig: volume_size={self.volume_size} must be divisible by 2^len(unet_channels)"
                              f"={2 ** levels}")
+        if self.prior not in ("mean", "nearest"):
+            raise ValueError(f"LiftCTConfig: prior must be 'mean' or 'nearest', got {self.prior!r}")
         if not self.image_gain > 0:
             raise ValueError(f"LiftCTConfig: image_gain must be > 0 (the prep's gain), got {self.image_gain}")
 
 
 # CPU-sized preset (the X-ray -> CT demo) and a tiny one for tests.
 LIFT_CPU = LiftCTConfig(xray_size=64, volume_size=32, encoder_channels=16, feature_channels=8,
-                        unet_channels=(16, 32, 64), final_channels=16)
+                        unet_channels=(16, 32, 64), final_channels=16, prior="nearest")
 LIFT_TINY = LiftCTConfig(xray_size=32, volume_size=16, encoder_channels=8, encoder_depth=2, feature_channels=4,
                          unet_channels=(8, 16), final_channels=8)
 
@@ -94,6 +101,11 @@ def linearise(xray: Tensor, gain: float) -> Tensor:
     return -torch.log1p(-xray.clamp(0.0, 1.0 - 1e-6)) / gain
 
 
+def _detector_to_ras(image: Tensor) -> Tensor:
+    """``(B, C, n, n)`` detector maps -> ``(B, C, column axis ascending, S ascending)``."""
+    return image.flip(-2).flip(-1).transpose(-1, -2)
+
+
 def lift_view(image: Tensor, view: int) -> Tensor:
     """Copy ``(B, C, n, n)`` detector maps of one view along its rays into ``(B, C, n, n, n)`` (RAS order).
 
@@ -105,7 +117,7 @@ def lift_view(image: Tensor, view: int) -> Tensor:
     n = image.shape[-1]
     if image.dim() != 4 or image.shape[-2] != n:
         raise ValueError(f"lift_view: expected square maps (B, C, n, n), got {tuple(image.shape)}")
-    column_s = image.flip(-2).flip(-1).transpose(-1, -2)  # (B, C, column axis ascending, S ascending)
+    column_s = _detector_to_ras(image)  # (B, C, column axis ascending, S ascending)
     if view == FRONTAL:
         return column_s[:, :, :, None, :].expand(-1, -1, n, n, n)  # (R, A broadcast, S)
     return column_s[:, :, None, :, :].expand(-1, -1, n, n, n)  # (R broadcast, A, S)
@@ -161,7 +173,7 @@ class LiftCT(nn.Module):
         c, s = config.feature_channels, config.volume_size
         self.encoders = nn.ModuleList(
             [_ViewEncoder(config.encoder_channels, config.encoder_depth, c) for _ in range(config.n_views)])
-        self.input_channels = 2 * c + 2 + 1 + 3 + 1  # features, projections, slice product, coordinates, prior
+        self.input_channels = 2 * c + 2 + 1 + 3 + 2  # features, projections, slice product, coordinates, 2 priors
         self.stem = _conv3d(self.input_channels, config.unet_channels[0], stride=2)
         self.unet = _UNet3D(config.unet_channels[0], config.unet_channels, config.gradient_checkpointing)
         self.final = _conv3d(config.unet_channels[0] + self.input_channels, config.final_channels)
@@ -172,6 +184,58 @@ class LiftCT(nn.Module):
         self.register_buffer("coordinates", torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"))[None],
                              persistent=False)
         self.register_buffer("prior", torch.full((1, 1, s, s, s), 0.5))
+        # the "nearest" prior's bank (empty until set_bank) and the linear map projection -> sum of the volume
+        self.register_buffer("bank_xrays", torch.zeros(0, config.n_views * config.xray_size**2))
+        self.register_buffer("bank_volumes", torch.zeros(0, 1, s, s, s))
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in ("bank_xrays", "bank_volumes"):  # the bank's size is the checkpoint's
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]).to(getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def set_bank(self, xrays: Tensor, volumes: Tensor) -> None:
+        """The training split for the "nearest" prior: X-rays ``(N, 2, n, n)`` and volumes ``(N, 1, s, s, s)``.
+
+        Also sets the mean prior and fits ``calibration`` (a, b) so that ``a * p + b`` (``p`` from
+        :meth:`projections`) is the sum of the volume along each ray (exactly linear for the prep's DRRs)."""
+        s = self.config.volume_size
+        if volumes.dim() != 5 or tuple(volumes.shape[1:]) != (1, s, s, s) or xrays.shape[0] != volumes.shape[0]:
+            raise ValueError(f"LiftCT.set_bank: need X-rays (N, 2, n, n) and volumes (N, 1, {s}, {s}, {s}), got "
+                             f"{tuple(xrays.shape)} and {tuple(volumes.shape)}")
+        volumes = volumes.float().to(self.prior.device)
+        xrays = xrays.float().to(self.prior.device)
+        self.set_prior(volumes.mean(dim=0))
+        p = self.projections(xrays)
+        sums = torch.cat([volumes.sum(dim=3), volumes.sum(dim=2)], dim=1)  # (N, 2, column axis, S)
+        lifted = torch.cat([_detector_to_ras(p[:, v : v + 1]) for v in (FRONTAL, LATERAL)], dim=1)
+        design = torch.stack([lifted.flatten(), torch.ones_like(lifted.flatten())], dim=1).double()
+        solution = torch.linalg.lstsq(design, sums.flatten()[:, None].double()).solution.flatten()
+        self.calibration = solution.float().to(self.prior.device)
+        self.bank_xrays = xrays.reshape(xrays.shape[0], -1).clone()
+        self.bank_volumes = volumes.clone()
+
+    def nearest_volumes(self, xray: Tensor) -> Tensor:
+        """The bank volume whose X-rays are nearest in L2, per sample; an exact copy of the query (a training
+        sample meeting itself) is skipped."""
+        if self.bank_volumes.shape[0] < 2:
+            raise RuntimeError("LiftCT(prior='nearest') has no bank; call set_bank(train_xrays, train_volumes) first")
+        query = xray.reshape(xray.shape[0], -1).float()
+        distances = torch.cdist(query, self.bank_xrays.to(query), compute_mode="donot_use_mm_for_euclid_dist")
+        distances = torch.where(distances <= 1e-6, torch.full_like(distances, float("inf")), distances)
+        return self.bank_volumes.to(query)[distances.argmin(dim=1)]
+
+    def consistent(self, volume: Tensor, p: Tensor) -> Tensor:
+        """One multiplicative correction per view (MART): scale every ray so that its sum matches the query's
+        calibrated projection (ratios clamped to [0.5, 2])."""
+        a, b = self.calibration[0], self.calibration[1]
+        for view, axis in ((FRONTAL, 3), (LATERAL, 2)):  # rays along A (dim 3) / R (dim 2) of (B, 1, R, A, S)
+            wanted = lift_view(a * p[:, view : view + 1] + b, view)
+            current = volume.sum(dim=axis, keepdim=True).clamp_min(1e-6)
+            volume = volume * (wanted / current).clamp(0.5, 2.0)
+        return volume
 
     @torch.no_grad()
     def set_prior(self, volume: Tensor) -> None:
@@ -192,19 +256,29 @@ class LiftCT(nn.Module):
         p = F.avg_pool2d(linearise(xray.float(), cfg.image_gain), cfg.xray_size // cfg.volume_size)
         return p * (2.0 / cfg.volume_size)
 
-    def lifted_input(self, xray: Tensor) -> Tensor:
-        p = self.projections(xray)
+    def priors(self, xray: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+        """``(start, raw)``: the volume the head's residual is added to, and the prior before correction."""
+        batch = xray.shape[0]
+        if self.config.prior == "mean":
+            mean = self.prior.to(p).expand(batch, -1, -1, -1, -1)
+            return mean, mean
+        with torch.no_grad():
+            raw = self.nearest_volumes(xray)
+            return self.consistent(raw, p), raw
+
+    def lifted_input(self, xray: Tensor, p: Tensor, priors: tuple[Tensor, Tensor]) -> Tensor:
         features = [lift_view(self.encoders[v](p[:, v : v + 1]), v) for v in (FRONTAL, LATERAL)]
         raw = [lift_view(p[:, v : v + 1], v) for v in (FRONTAL, LATERAL)]
         slice_total = raw[FRONTAL].mean(dim=2, keepdim=True).clamp_min(1e-3)  # per axial slice (S)
-        batch = xray.shape[0]
-        fixed = [self.coordinates.expand(batch, -1, -1, -1, -1).to(p), self.prior.expand(batch, -1, -1, -1, -1).to(p)]
-        return torch.cat([*features, *raw, raw[FRONTAL] * raw[LATERAL] / slice_total, *fixed], dim=1)
+        coordinates = self.coordinates.expand(xray.shape[0], -1, -1, -1, -1).to(p)
+        return torch.cat([*features, *raw, raw[FRONTAL] * raw[LATERAL] / slice_total, coordinates, *priors], dim=1)
 
     def forward(self, xray: Tensor) -> Tensor:
-        h = self.lifted_input(xray)
+        p = self.projections(xray)
+        start, raw = self.priors(xray, p)
+        h = self.lifted_input(xray, p, (start, raw))
         x = self.unet(self.stem(h))
         x = F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False)
         x = self.final(torch.cat([x, h], dim=1))
-        out = self.prior.to(x) + self.head(x)
+        out = start + self.head(x)
         return out if self.training else out.clamp(0.0, 1.0)

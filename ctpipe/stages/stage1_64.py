@@ -6,7 +6,8 @@ and (with local VGG16 weights) a slice-wise perceptual term. AdamW, cosine sched
 DDP through the trainer.
 
 ``model.architecture`` picks the network: ``vit`` (the hybrid ViT) or ``lift`` (the geometry-aware
-:class:`ctpipe.models.lift_ct.LiftCT`, whose prior volume is set to the training split's mean before training).
+:class:`ctpipe.models.lift_ct.LiftCT`, whose prior -- the training split's mean volume, or with ``prior="nearest"``
+a bank of the training split -- is set before training and saved with its weights).
 
 Final evaluation (validation and test splits, best checkpoint): ``stage1_64`` (the 64^3 prediction vs the
 64^3 target) and, when the shard set has ``data.high_field``, ``stage1_64_trilinear`` (the prediction
@@ -44,6 +45,7 @@ from ctpipe.stages.xray2ct_common import (
     has_field,
     load_xray_splits,
     resolve_stage1_network,
+    training_arrays,
     training_reference,
     volume_metrics,
     with_baselines,
@@ -85,8 +87,11 @@ class Stage1Task:
         fields = [XRAY_FIELD, cfg.data.volume_field] + ([self.high_field] if self.high_field else [])
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, fields)
         self.model = Stage1Net(self.network, n_aux=len(cfg.loss.scale_weights) - 1)
-        if isinstance(self.model.net, LiftCT):  # its prior: the training split's mean (restored again on resume)
-            self.model.net.set_prior(training_reference(cfg.data, [cfg.data.volume_field]).means[cfg.data.volume_field])
+        if isinstance(self.model.net, LiftCT):  # its prior, from the training split (restored again on resume)
+            if self.model.net.config.prior == "nearest":
+                self.model.net.set_bank(*training_arrays(cfg.data, cfg.data.volume_field))
+            else:
+                self.model.net.set_prior(training_reference(cfg.data, [cfg.data.volume_field]).means[cfg.data.volume_field])
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}

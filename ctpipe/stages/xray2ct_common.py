@@ -548,6 +548,15 @@ def training_reference(cfg: XRayDataConfig, fields: Sequence[str]) -> TrainingRe
     return TrainingReference(dataset=dataset, xrays=torch.stack(xrays), means=means)
 
 
+def training_arrays(cfg: XRayDataConfig, field: str) -> tuple[Tensor, Tensor]:
+    """The training split's X-rays ``(N, 2, n, n)`` and ``field`` volumes ``(N, 1, s, s, s)`` (for LiftCT's bank)."""
+    from ctpipe.data.datasets import ShardDataset
+
+    dataset = ShardDataset(cfg.root, cfg.train_split, (XRAY_FIELD, field))
+    samples = [dataset[index] for index in range(len(dataset))]
+    return torch.stack([s[XRAY_FIELD][0] for s in samples]), torch.stack([s[field] for s in samples])
+
+
 def nearest_xray_indices(reference: TrainingReference, xray: Tensor) -> Tensor:
     """Per sample, the training index whose X-rays (both views) are nearest in L2 (first index on a tie)."""
     query = xray.detach().reshape(xray.shape[0], -1).float().to(reference.xrays.device)

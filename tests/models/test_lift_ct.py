@@ -68,3 +68,39 @@ def test_network_shapes_prior_and_gradients():
         model(torch.rand(1, 2, 20, 20))
     with pytest.raises(ValueError, match="multiple of volume_size"):
         LiftCTConfig(xray_size=40, volume_size=16)
+
+
+def drr_pairs(n_patients: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random smooth [0, 1] volumes and their (frontal, lateral) X-rays from the real DRR operator."""
+    generator = torch.Generator().manual_seed(seed)
+    volumes = torch.nn.functional.avg_pool3d(torch.rand(n_patients, 1, size, size, size, generator=generator), 3, 1, 1)
+    geometry = DRRGeometry.parallel(detector_pixels=size)
+    xrays = torch.cat([drr_to_image(render_drr(volumes, 10.0, geometry, view), 0.25) for view in VIEWS], dim=1)
+    return xrays, volumes
+
+
+def test_nearest_prior_skips_the_query_itself_and_matches_its_projections():
+    config = LiftCTConfig(xray_size=16, volume_size=16, encoder_channels=4, encoder_depth=1, feature_channels=2,
+                          unet_channels=(4, 8), final_channels=4, prior="nearest")
+    xrays, volumes = drr_pairs(6, 16)
+    model = LiftCT(config)
+    with pytest.raises(RuntimeError, match="set_bank"):
+        model.nearest_volumes(xrays[:1])
+    model.set_bank(xrays[1:], volumes[1:])
+    assert torch.allclose(model.prior[0], volumes[1:].mean(dim=0))
+    # a bank member never meets itself; a query outside the bank gets its nearest member
+    chosen = model.nearest_volumes(xrays[1:3])
+    assert not torch.equal(chosen[0], volumes[1]) and not torch.equal(chosen[1], volumes[2])
+    distances = ((xrays[:1] - xrays[1:]) ** 2).flatten(1).sum(1)
+    assert torch.equal(model.nearest_volumes(xrays[:1])[0], volumes[1 + int(distances.argmin())])
+    # the calibration maps projections to ray sums, and the correction makes the lateral sums the query's
+    p = model.projections(xrays[:1])
+    a, b = model.calibration
+    corrected = model.consistent(model.nearest_volumes(xrays[:1]), p)
+    wanted_lateral = lift_view(a * p[:, 1:2] + b, LATERAL)[:, :, 0]
+    inner = (..., slice(1, -1), slice(1, -1))  # the box faces' half voxels are held constant by the DRR
+    assert torch.allclose(corrected.sum(dim=2)[inner], wanted_lateral[inner], rtol=1e-3)
+    # the bank travels with the state dict into a fresh model
+    fresh = LiftCT(config)
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.bank_volumes, model.bank_volumes) and torch.equal(fresh.calibration, model.calibration)
