@@ -13,11 +13,15 @@ lateral column 0 anterior). The network uses that geometry instead of learning i
 3. **Lift** (:func:`lift_view`): each view's maps are copied along that view's ray axis, giving two
    ``(C, s, s, s)`` volumes whose voxels carry the features of the ray they lie on. Beside them the lifted
    projections themselves, their product normalised per axial slice (the independence estimate of the
-   slice from its two marginals), the voxel coordinates and a fixed prior volume (the training split's
-   mean, set by the stage before training; 0.5 until then) are stacked as input channels.
+   slice from its two marginals), the voxel coordinates and two prior channels are stacked as input.
+   ``prior="mean"``: a fixed volume (the training split's mean, set by the stage before training; 0.5 until
+   then). ``prior="nearest"``: the training volume whose X-rays are nearest (a bank of the training split
+   kept as buffers, :meth:`LiftCT.set_bank`; a training sample never meets itself), and the same volume
+   after one multiplicative correction per view that makes its ray sums equal the query's calibrated
+   projections (MART; exact for the lateral view, approximate for the frontal).
 4. **3D U-Net**: a stride-2 convolution to ``s/2``, an encoder/decoder with skips over
    ``len(unet_channels)`` levels, upsampling back to ``s`` and a full-resolution convolution that also
-   sees the lifted input. The output is ``prior + head`` (a linear residual, so that voxels where the prior
+   sees the lifted input. The output is ``start + head`` (``start``: the mean, or the corrected nearest volume) (a linear residual, so that voxels where the prior
    is air get the same gradient as tissue; a sigmoid around an air prior would be saturated), clamped to
    [0, 1] in eval mode: before training (zero head) the network predicts the prior.
 
