@@ -14,16 +14,17 @@ lateral column 0 anterior). The network uses that geometry instead of learning i
    ``(C, s, s, s)`` volumes whose voxels carry the features of the ray they lie on. Beside them the lifted
    projections themselves, their product normalised per axial slice (the independence estimate of the
    slice from its two marginals), the voxel coordinates and two prior channels are stacked as input.
-   ``prior="mean"``: a fixed volume (the training split's mean, set by the stage before training; 0.5 until
-   then). ``prior="nearest"``: the training volume whose X-rays are nearest (a bank of the training split
-   kept as buffers, :meth:`LiftCT.set_bank`; a training sample never meets itself), and the same volume
-   after one multiplicative correction per view that makes its ray sums equal the query's calibrated
-   projections (MART; exact for the lateral view, approximate for the frontal).
+   ``prior="mean"``: a fixed volume (the training split's mean, set by the stage before training; 0.5
+   until then). ``prior="nearest"``: the mean of the ``prior_neighbours`` training volumes whose X-rays are
+   nearest (a bank of the training split kept as buffers, :meth:`LiftCT.set_bank`; a training sample never
+   meets itself), and the same volume after one multiplicative correction per view that makes its ray sums
+   equal the query's calibrated projections (MART; exact for the lateral view, approximate for the frontal).
 4. **3D U-Net**: a stride-2 convolution to ``s/2``, an encoder/decoder with skips over
    ``len(unet_channels)`` levels, upsampling back to ``s`` and a full-resolution convolution that also
-   sees the lifted input. The output is ``start + head`` (``start``: the mean, or the corrected nearest volume) (a linear residual, so that voxels where the prior
-   is air get the same gradient as tissue; a sigmoid around an air prior would be saturated), clamped to
-   [0, 1] in eval mode: before training (zero head) the network predicts the prior.
+   sees the lifted input. The output is ``start + head`` (``start``: the mean, or the corrected nearest
+   volume; a linear residual, so that voxels where the prior is air get the same gradient as tissue, which
+   a sigmoid around an air prior would not), clamped to [0, 1] in eval mode: before training (zero head)
+   the network predicts ``start``.
 
 Input ``(B, 2, xray_size, xray_size)`` (frontal, lateral) in [0, 1); output ``(B, 1, s, s, s)`` (in [0, 1] in
 eval mode; unclamped in training), RAS axis order, like :class:`ctpipe.models.xray2ct.XRay2CT64`.
@@ -63,6 +64,7 @@ class LiftCTConfig:
     # nearest (a bank of the training split kept in the model, N x s^3 floats: for small cohorts), made
     # consistent with the query's own projections by one multiplicative correction per view (MART).
     prior: Literal["mean", "nearest"] = "mean"
+    prior_neighbours: int = 1  # "nearest": the mean of this many nearest training volumes
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -75,6 +77,8 @@ class LiftCTConfig:
         if levels < 1 or self.volume_size % 2 ** levels:
             raise ValueError(f"LiftCTConfig: volume_size={self.volume_size} must be divisible by 2^len(unet_channels)"
                              f"={2 ** levels}")
+        if self.prior_neighbours < 1:
+            raise ValueError(f"LiftCTConfig: prior_neighbours must be >= 1, got {self.prior_neighbours}")
         if self.prior not in ("mean", "nearest"):
             raise ValueError(f"LiftCTConfig: prior must be 'mean' or 'nearest', got {self.prior!r}")
         if not self.image_gain > 0:
@@ -83,7 +87,7 @@ class LiftCTConfig:
 
 # CPU-sized preset (the X-ray -> CT demo) and a tiny one for tests.
 LIFT_CPU = LiftCTConfig(xray_size=64, volume_size=32, encoder_channels=16, feature_channels=8,
-                        unet_channels=(16, 32, 64), final_channels=16, prior="nearest")
+                        unet_channels=(16, 32, 64), final_channels=16, prior="nearest", prior_neighbours=4)
 LIFT_TINY = LiftCTConfig(xray_size=32, volume_size=16, encoder_channels=8, encoder_depth=2, feature_channels=4,
                          unet_channels=(8, 16), final_channels=8)
 
@@ -222,14 +226,16 @@ class LiftCT(nn.Module):
         self.bank_volumes = volumes.clone()
 
     def nearest_volumes(self, xray: Tensor) -> Tensor:
-        """The bank volume whose X-rays are nearest in L2, per sample; an exact copy of the query (a training
-        sample meeting itself) is skipped."""
-        if self.bank_volumes.shape[0] < 2:
+        """Per sample, the mean of the ``prior_neighbours`` bank volumes whose X-rays are nearest in L2; an exact
+        copy of the query (a training sample meeting itself) is skipped."""
+        k = self.config.prior_neighbours
+        if self.bank_volumes.shape[0] < k + 1:
             raise RuntimeError("LiftCT(prior='nearest') has no bank; call set_bank(train_xrays, train_volumes) first")
         query = xray.reshape(xray.shape[0], -1).float()
         distances = torch.cdist(query, self.bank_xrays.to(query), compute_mode="donot_use_mm_for_euclid_dist")
         distances = torch.where(distances <= 1e-6, torch.full_like(distances, float("inf")), distances)
-        return self.bank_volumes.to(query)[distances.argmin(dim=1)]
+        nearest = distances.topk(k, dim=1, largest=False).indices  # (B, k)
+        return self.bank_volumes.to(query)[nearest].mean(dim=1)
 
     def consistent(self, volume: Tensor, p: Tensor) -> Tensor:
         """One multiplicative correction per view (MART): scale every ray so that its sum matches the query's

@@ -1,5 +1,7 @@
 """LiftCT: the lift operator follows the DRR geometry of ctpipe.ops.drr; the network's shapes, prior and gradients."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -93,6 +95,10 @@ def test_nearest_prior_skips_the_query_itself_and_matches_its_projections():
     assert not torch.equal(chosen[0], volumes[1]) and not torch.equal(chosen[1], volumes[2])
     distances = ((xrays[:1] - xrays[1:]) ** 2).flatten(1).sum(1)
     assert torch.equal(model.nearest_volumes(xrays[:1])[0], volumes[1 + int(distances.argmin())])
+    two = LiftCT(dataclasses.replace(config, prior_neighbours=2))
+    two.set_bank(xrays[1:], volumes[1:])
+    order = distances.argsort()[:2] + 1
+    assert torch.allclose(two.nearest_volumes(xrays[:1])[0], volumes[order].mean(dim=0))
     # the calibration maps projections to ray sums, and the correction makes the lateral sums the query's
     p = model.projections(xrays[:1])
     a, b = model.calibration
