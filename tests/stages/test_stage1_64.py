@@ -69,7 +69,13 @@ def test_tiny_stage1_run_improves_and_writes_both_rows(shards: Path, tmp_path: P
     ev = run / "eval" / "validation"
     low, high = pd.read_csv(ev / "stage1_64.csv"), pd.read_csv(ev / "stage1_64_trilinear.csv")
     assert set(low.eval_size) == {16} and set(high.eval_size) == {32}
-    assert list(low.sample_id) == list(high.sample_id) and len(low) == 3
+    assert list(low.sample_id) == list(high.sample_id) and len(low) == 2  # 0.8 / 0.1 / 0.1 of 10 patients: 7 / 2 / 1
+    for split in ("validation", "test"):  # the held-out test split is evaluated too, beside the baselines
+        folder = run / "eval" / split
+        for name, size in (("stage1_64", 16), ("mean_volume", 16), ("nearest_xray", 16), ("mean_volume_32", 32),
+                           ("nearest_xray_32", 32), ("stage1_64_trilinear", 32)):
+            frame = pd.read_csv(folder / f"{name}.csv")
+            assert set(frame.eval_size) == {size} and len(frame) == {"validation": 2, "test": 1}[split]
     for frame in (low, high):
         assert set(frame.hu_window_low) == {-1024.0} and set(frame.hu_window_high) == {1476.0}
         np.testing.assert_allclose(frame.mae_hu, frame.mae * 2500.0)
