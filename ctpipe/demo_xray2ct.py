@@ -43,7 +43,7 @@ class DemoSettings:
     xray_size: int = 64
     volume_size: int = 32
     split_fractions: tuple[float, float, float] = (0.75, 0.1, 0.15)
-    vit_epochs: int = 20
+    vit_epochs: int = 8
     lift_epochs: int = 60
     batch_size: int = 2
     lift_preset: str = "cpu"
