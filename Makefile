@@ -34,6 +34,10 @@ browser:
 	    exit 1; fi; \
 	  $$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
+.PHONY: demo-xray2ct
+demo-xray2ct: $(STAMP)  # X-ray -> CT: synthetic cohort, prep with a test split, ViT + lift, baselines (<= 15 min, 2 cores)
+	$(PY) -m ctpipe.demo_xray2ct
+
 test: $(STAMP) browser
 	$(PY) -m pytest
 

@@ -158,12 +158,14 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
 
 # ---- prep: CT NIfTI -> dual-view DRR shard sets (X-ray -> CT) --------------------------------------------
 def _prep_drr(args: argparse.Namespace) -> None:
-    from ctpipe.data.drr_prep import prep_drr
+    from ctpipe.data.drr_prep import parse_split_fractions, prep_drr
 
     index, count = _array_task(args)
     sizes = tuple(int(s) for s in args.volume_sizes.split(","))
+    fractions = parse_split_fractions(args.split_fractions)
     result = prep_drr(Path(args.src), Path(args.out), xray_size=args.xray_size, volume_sizes=sizes, task_index=index,
-                      n_tasks=count, cone_beam=args.cone_beam, files_per_shard=args.files_per_shard, device=args.device)
+                      n_tasks=count, cone_beam=args.cone_beam, split_fractions=fractions,
+                      files_per_shard=args.files_per_shard, device=args.device)
     emit(prep_summary("drr", result), args.json)
 
 
@@ -182,6 +184,9 @@ def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--xray-size", type=int, default=128, help="DRR edge in pixels (the stage-1 network's xray_size)")
     p.add_argument("--volume-sizes", default="64,256", help="comma-separated target edges (volume_64, volume_256)")
     p.add_argument("--cone-beam", action="store_true", help="cone-beam DRRs (X2CT-GAN's 541/949 mm) instead of parallel")
+    p.add_argument("--split-fractions", default="0.8,0.1,0.1",
+                   help="patient-level TRAIN,VAL[,TEST] fractions (default 0.8,0.1,0.1: validation picks best.pt, "
+                        "test is held out)")
     p.add_argument("--files-per-shard", type=int, default=1)
     p.add_argument("--device", default="cpu", help="torch device for resampling and DRR rendering (cpu, cuda)")
     _add_array_flags(p)

@@ -60,6 +60,10 @@ __all__ = [
     "ssim",
     "ssim_slicewise",
     "ssim_window_size",
+    "X2CT_PSNR_COLUMN",
+    "X2CT_SSIM_COLUMN",
+    "psnr_x2ct",
+    "ssim2d_x2ct",
 ]
 
 PER_IMAGE = "per_image"
@@ -290,6 +294,83 @@ def ssim_slicewise(pred: Tensor, target: Tensor, data_range: DataRange) -> Tenso
 
     per_slice = _ssim_core(to_slices(pred), to_slices(target), width.repeat_interleave(depth))
     return per_slice.reshape(batch, depth).mean(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# X2CT-GAN's conventions (for comparison with the literature only)
+# --------------------------------------------------------------------------------------------
+# X2CT-GAN (Ying et al., CVPR 2019; PerX2CT follows it) scores volumes that live in [0, 1] (HU + 1024
+# clipped to [0, 2500], scaled) in two ways that differ from ctpipe's true-range metrics:
+# * PSNR: both volumes mapped back to 0..2500 and truncated to integers, then PIXEL_MAX = 4095:
+#   ``20 log10(4095 / sqrt(MSE))`` (100 when MSE = 0). 4095 > 2500 adds 20 log10(4095/2500) = +4.29 dB.
+# * SSIM: 2D SSIM (skimage defaults of the time: 7x7 uniform window, sample covariance, K1 0.01,
+#   K2 0.03, data_range 1 on the [0, 1] volumes, mean over the window-valid region) of every slice
+#   along each of the three axes; the mean over the slices of an axis, then the mean of the three axes.
+X2CT_PSNR_COLUMN = "psnr[x2ct:0-2500,max=4095]"
+X2CT_SSIM_COLUMN = "ssim2d[x2ct:3-axis mean]"
+X2CT_CT_MAX = 2500
+X2CT_PIXEL_MAX = 4095.0
+X2CT_SSIM_WINDOW = 7
+
+
+def _check_unit_volumes(pred: Tensor, target: Tensor, name: str) -> None:
+    _check_pair(pred, target)
+    if pred.ndim != 5:
+        raise ValueError(f"{name} expects (B, C, D, H, W) volumes in [0, 1], got shape {tuple(pred.shape)}")
+    check_range(target, 0.0, 1.0, f"{name} target (X2CT-GAN's convention needs the [0, 1] window)")
+
+
+def psnr_x2ct(pred: Tensor, target: Tensor) -> Tensor:
+    """X2CT-GAN's PSNR per volume, ``(B,)`` float64: [0, 1] volumes -> ``int(x * 2500)``, PIXEL_MAX 4095.
+
+    ``pred`` is clipped to [0, 1] first (X2CT-GAN clips its generator output). NOT a true-range PSNR:
+    reported only in the column :data:`X2CT_PSNR_COLUMN`, beside ``psnr[range=1]``.
+    """
+    _check_unit_volumes(pred, target, "psnr_x2ct")
+
+    def to_counts(v: Tensor) -> Tensor:
+        return torch.trunc(v.detach().to(torch.float64).clamp(0.0, 1.0) * X2CT_CT_MAX)
+
+    mse = _mse64(to_counts(pred), to_counts(target))
+    safe = torch.where(mse == 0, torch.ones_like(mse), mse)
+    value = 20.0 * torch.log10(X2CT_PIXEL_MAX / torch.sqrt(safe))
+    return torch.where(mse == 0, torch.full_like(value, 100.0), value)
+
+
+def _ssim2d_uniform(x: Tensor, y: Tensor, data_range: float) -> Tensor:
+    """Mean 2D SSIM of ``(N, 1, H, W)`` slices with a 7x7 uniform window and sample covariance, ``(N,)``."""
+    win = X2CT_SSIM_WINDOW
+    if min(x.shape[-2:]) < win:
+        raise ValueError(f"ssim2d_x2ct needs at least {win} voxels along every axis, got {tuple(x.shape[-2:])}")
+    kernel = torch.full((1, 1, win, win), 1.0 / win**2, dtype=torch.float64, device=x.device)
+    mean = lambda v: F.conv2d(v, kernel)  # noqa: E731  (window-valid region only)
+    cov_norm = win**2 / (win**2 - 1.0)
+    mu_x, mu_y = mean(x), mean(y)
+    var_x = cov_norm * (mean(x * x) - mu_x * mu_x)
+    var_y = cov_norm * (mean(y * y) - mu_y * mu_y)
+    cov = cov_norm * (mean(x * y) - mu_x * mu_y)
+    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return _per_sample_mean(s)
+
+
+def ssim2d_x2ct(pred: Tensor, target: Tensor) -> Tensor:
+    """X2CT-GAN's SSIM per volume, ``(B,)`` float64: the mean over the three axes of the mean 2D SSIM of the
+    slices along that axis (7x7 uniform window, sample covariance, data_range 1 on [0, 1] volumes).
+
+    ``pred`` is clipped to [0, 1] first. Reported only in the column :data:`X2CT_SSIM_COLUMN`, beside
+    the true 3D ``ssim[range=1]``.
+    """
+    _check_unit_volumes(pred, target, "ssim2d_x2ct")
+    x = pred.detach().to(torch.float64).clamp(0.0, 1.0).mean(dim=1)  # (B, D, H, W); channels are averaged
+    y = target.detach().to(torch.float64).mean(dim=1)
+    batch = x.shape[0]
+    per_axis = []
+    for axis in (1, 2, 3):
+        xs = x.movedim(axis, 1).reshape(-1, 1, *[n for a, n in enumerate(x.shape) if a not in (0, axis)])
+        ys = y.movedim(axis, 1).reshape(-1, 1, *[n for a, n in enumerate(y.shape) if a not in (0, axis)])
+        per_axis.append(_ssim2d_uniform(xs, ys, 1.0).reshape(batch, -1).mean(dim=1))
+    return torch.stack(per_axis).mean(dim=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,11 @@ BASELINES: dict[str, str] = {
     "fbp_hann": "FBP, Hann window, frequency scaling 0.641 (published LoDoPaB baseline)",
     "identity": "input volume used as the prediction",
     "stage1_64_trilinear": "stage-1 64^3 prediction trilinearly upsampled to the high-resolution grid (option 1)",
+    "mean_volume": "X-ray -> CT: the training split's mean volume, whatever the X-rays (mean_volume_<size> on another grid)",
+    "nearest_xray": "X-ray -> CT: the training volume whose X-rays are nearest in L2 (nearest_xray_<size> on another grid)",
 }
+XRAY_TRIVIAL_BASELINES = ("mean_volume", "nearest_xray")
+MARGIN_METRIC = "psnr[range=1]"
 
 
 # The data family of each stage: a runs folder may hold several families, whose metric columns differ (PSNR on
@@ -166,6 +170,27 @@ def summary_table(per_sample: pd.DataFrame, runs: list[RunFiles]) -> pd.DataFram
     return summary
 
 
+def add_baseline_margin(summary: pd.DataFrame, metric: str = MARGIN_METRIC) -> pd.DataFrame:
+    """X-ray -> CT rows (those with ``eval_size``) get ``best_baseline`` (the better of mean_volume and
+    nearest_xray in the same run, split and grid) and ``margin_over_best_baseline[<metric>]`` (the row's
+    ``metric`` minus that baseline's); other rows get NaN / empty."""
+    out = summary.copy()
+    margin_col = f"margin_over_best_baseline[{metric}]"
+    out["best_baseline"], out[margin_col] = "", float("nan")
+    if out.empty or "eval_size" not in out or metric not in out:
+        return out
+    trivial = out.model.astype(str).str.replace(r"_\d+$", "", regex=True).isin(XRAY_TRIVIAL_BASELINES)
+    trivial &= out.experiment == "baseline"
+    for _, group in out[out.eval_size.notna()].groupby(["run", "split", "eval_size"], sort=False):
+        candidates = group[trivial.loc[group.index]]
+        if candidates.empty:
+            continue
+        best = candidates.loc[candidates[metric].idxmax()]
+        out.loc[group.index, "best_baseline"] = str(best.model)
+        out.loc[group.index, margin_col] = group[metric] - float(best[metric])
+    return out
+
+
 def _write_frame(frame: pd.DataFrame, path: Path) -> None:
     atomic_write_frame(frame, path, float_format="%.6g")
 
@@ -261,7 +286,7 @@ def aggregate(runs_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
                                 "train a stage first, e.g. `ctpipe train fbp_window --run-dir runs/fbp_window/a`")
     out_dir = Path(out_dir)
     per_sample = per_sample_table(runs)
-    summary = summary_table(per_sample, runs)
+    summary = add_baseline_margin(summary_table(per_sample, runs))
     outputs = {"summary": out_dir / "summary.csv", "per_sample": out_dir / "per_sample.csv"}
     _write_frame(summary, outputs["summary"])
     _write_frame(per_sample, outputs["per_sample"])

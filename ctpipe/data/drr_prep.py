@@ -28,8 +28,11 @@ files ``i, i+n, ...``). A group's files are all loaded and checked before its sh
 files is skipped on a re-run (idempotent, resumable). The task that finds every group done
 *publishes* the non-empty groups, in order, as the contiguous shards ``shard-00000.h5 ...`` (hard links,
 or copies where links are impossible, each with its sidecar -- a group whose files were all bad leaves
-no gap), merges the reports into ``prep_report.csv`` and writes the manifest with an 80/20
-patient-level split (:func:`ctpipe.data.shards.patient_split`). Publishing is idempotent too.
+no gap), merges the reports into ``prep_report.csv`` and writes the manifest with a patient-level
+train / validation / test split (:func:`ctpipe.data.shards.patient_split`; ``split_fractions``, default
+:data:`DEFAULT_SPLIT_FRACTIONS` = 0.8 / 0.1 / 0.1, recorded in the manifest as ``split_fractions``). The
+test split is held out: training picks ``best.pt`` on validation, and every X-ray -> CT evaluation reports
+both. Publishing is idempotent too.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ GROUP_DIR = "groups"
 GROUP_REPORT_COLUMNS = ("path", "patient_id", "status", "reason", "group")
 REPORT_COLUMNS = (*GROUP_REPORT_COLUMNS, "shard")
 SPLIT_NAMES = ("train", "validation", "test")
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # train, validation (chooses best.pt), test (held out)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -374,9 +378,26 @@ def _process_group(out: Path, group: int, files: Sequence[Path], config: DRRPrep
 
 # ---- finishing: publish the non-empty groups as shards 0..J-1 -------------------------------------------
 def _split_fractions(split_fractions: Sequence[float]) -> dict[str, float]:
+    """``{train, validation[, test]: fraction}``; refuses a wrong count, negative fractions or a sum other than 1."""
     if not 1 <= len(split_fractions) <= len(SPLIT_NAMES):
-        raise ValueError(f"split_fractions needs 1 to {len(SPLIT_NAMES)} entries ({SPLIT_NAMES}), got {split_fractions}")
-    return {name: float(f) for name, f in zip(SPLIT_NAMES, split_fractions)}
+        raise ValueError(f"split_fractions needs 1 to {len(SPLIT_NAMES)} entries ({', '.join(SPLIT_NAMES)}), got "
+                         f"{tuple(split_fractions)}; e.g. --split-fractions 0.8,0.1,0.1")
+    fractions = {name: float(f) for name, f in zip(SPLIT_NAMES, split_fractions)}
+    if any(not (0.0 <= f <= 1.0) for f in fractions.values()) or not math.isclose(sum(fractions.values()), 1.0, abs_tol=1e-6):
+        raise ValueError(f"split_fractions {tuple(split_fractions)} must lie in [0, 1] and sum to 1 "
+                         "(train,validation,test), e.g. --split-fractions 0.8,0.1,0.1")
+    return fractions
+
+
+def parse_split_fractions(text: str) -> tuple[float, ...]:
+    """``"0.8,0.1,0.1"`` -> ``(0.8, 0.1, 0.1)``, validated (the ``--split-fractions`` option)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--split-fractions {text!r}: give comma-separated numbers TRAIN,VAL[,TEST], "
+                         "e.g. 0.8,0.1,0.1") from None
+    _split_fractions(values)
+    return values
 
 
 def _publish(staged: Path, final: Path) -> None:
@@ -427,7 +448,8 @@ def _finish(out: Path, n_groups: int, config: DRRPrepConfig, split_fractions: Se
     if not good:
         return report, None, 0
     splits = patient_split(good, _split_fractions(split_fractions))
-    attrs = {**config.attrs(), "split_rule": f"patient_split (sha256 of patient id), fractions {list(split_fractions)}"}
+    attrs = {**config.attrs(), "split_rule": f"patient_split (sha256 of patient id), fractions {list(split_fractions)}",
+             "split_fractions": dict(zip(SPLIT_NAMES, (float(f) for f in split_fractions)))}
     manifest = finalize_manifest(out, splits, attrs, expected_shards=len(non_empty), verify_checksums=False)
     return report, manifest, len(non_empty)
 
@@ -441,7 +463,7 @@ def prep_drr(
     task_index: int = 0,
     n_tasks: int = 1,
     cone_beam: bool = False,
-    split_fractions: Sequence[float] = (0.8, 0.2),
+    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     files_per_shard: int = 1,
     device: torch.device | str = "cpu",
 ) -> PrepResult:
@@ -493,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)))
     parser.add_argument("--n-tasks", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)))
     parser.add_argument("--cone-beam", action="store_true", help="cone-beam DRRs (541/949 mm) instead of parallel")
+    parser.add_argument("--split-fractions", type=parse_split_fractions, default=DEFAULT_SPLIT_FRACTIONS,
+                        help="patient-level TRAIN,VAL[,TEST] fractions (default 0.8,0.1,0.1: a held-out test split)")
     parser.add_argument("--files-per-shard", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
@@ -502,4 +526,4 @@ def main(argv: Sequence[str] | None = None) -> PrepResult:
     args = build_parser().parse_args(argv)
     return prep_drr(args.src, args.out, xray_size=args.xray_size, volume_sizes=tuple(args.volume_sizes or (64,)),
                     task_index=args.task_index, n_tasks=args.n_tasks, cone_beam=args.cone_beam,
-                    files_per_shard=args.files_per_shard, device=args.device)
+                    split_fractions=args.split_fractions, files_per_shard=args.files_per_shard, device=args.device)

@@ -4,7 +4,8 @@ Gradient checkpointing (``train.gradient_checkpointing``: transformer blocks and
 AMP (``train.amp``) keep the 256^3 activations in memory. The encoder and transformer can start from a
 ``stage1_64`` checkpoint (``init_from_stage1``; used only when the run starts, a resume restores its own
 weights). Loss: multi-scale (the three finest outputs against the high-resolution target average-pooled
-to each scale). Final evaluation row: ``direct_256`` on the high-resolution grid.
+to each scale). Final evaluation rows: ``direct_256`` and the baselines ``mean_volume`` and ``nearest_xray`` on the
+high-resolution grid.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ctpipe.stages.xray2ct_common import (
     load_stage1,
     load_xray_splits,
     volume_metrics,
+    with_baselines,
     xray_input,
 )
 
@@ -55,6 +57,7 @@ class DirectModelConfig:
 class Direct256StageConfig:
     stage: Literal["direct_256"] = "direct_256"
     experiment: str = "direct_256"
+    source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
     init_from_stage1: str | None = None
     data: XRayDataConfig = XRayDataConfig(batch_size=1, eval_batch_size=1)
     model: DirectModelConfig = DirectModelConfig()
@@ -134,8 +137,10 @@ def final_evaluation(cfg: Direct256StageConfig, task: Direct256Task, run_dir: Pa
     if not env.is_main:
         return
     load_best(task, run_dir, device)
+    predict_all, targets = with_baselines(lambda b: {DIRECT_MODEL: task.predict(b)}, {DIRECT_MODEL: cfg.data.high_field},
+                                          cfg.data, cfg.data.high_field, device)
     for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(lambda b: {DIRECT_MODEL: task.predict(b)}, {DIRECT_MODEL: cfg.data.high_field},
+        evaluate_volume_models(predict_all, targets,
                                dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
                                batch_size=cfg.data.eval_batch_size)
 

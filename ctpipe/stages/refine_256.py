@@ -12,8 +12,8 @@ Refine256 is residual over trilinear upsampling with zero-initialised heads, so 
 ``refine_256`` == ``stage1_64_trilinear`` bit for bit. Loss: multi-scale (64/128/256 outputs against the
 256^3 target average-pooled to each scale, ``loss.scale_weights``), ``L1 + edge (+ optional 3D SSIM)``.
 
-Final evaluation rows, on the high-resolution grid with the same metric code: ``stage1_64_trilinear`` and
-``refine_256``.
+Final evaluation rows, on the high-resolution grid with the same metric code: ``stage1_64_trilinear``,
+``refine_256`` and the baselines ``mean_volume`` and ``nearest_xray`` (:func:`~ctpipe.stages.xray2ct_common.with_baselines`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from ctpipe.stages.xray2ct_common import (
     load_stage1,
     load_xray_splits,
     volume_metrics,
+    with_baselines,
     xray_input,
 )
 
@@ -62,6 +63,7 @@ class RefineModelConfig:
 class Refine256StageConfig:
     stage: Literal["refine_256"] = "refine_256"
     experiment: str = "refine_256"
+    source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
     stage1_checkpoint: str = "runs/stage1_64/default/checkpoints/best.pt"
     data: XRayDataConfig = XRayDataConfig(batch_size=2, eval_batch_size=1)
     model: RefineModelConfig = RefineModelConfig()
@@ -165,8 +167,9 @@ def final_evaluation(cfg: Refine256StageConfig, task: Refine256Task, run_dir: Pa
         return {TRILINEAR_MODEL: trilinear_baseline(low, task.high_size), REFINE_MODEL: task.model(low)[task.high_size]}
 
     targets = {TRILINEAR_MODEL: cfg.data.high_field, REFINE_MODEL: cfg.data.high_field}
+    predict_all, all_targets = with_baselines(predict, targets, cfg.data, cfg.data.high_field, device)
     for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(predict, targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
+        evaluate_volume_models(predict_all, all_targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
                                batch_size=cfg.data.eval_batch_size)
 
 

@@ -5,10 +5,16 @@ Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :mod:`ctp
 and (with local VGG16 weights) a slice-wise perceptual term. AdamW, cosine schedule, bf16 autocast on GPU,
 DDP through the trainer.
 
+``model.architecture`` picks the network: ``vit`` (the hybrid ViT) or ``lift`` (the geometry-aware
+:class:`ctpipe.models.lift_ct.LiftCT`, whose prior -- the training split's mean volume, or with ``prior="nearest"``
+a bank of the training split -- is set before training and saved with its weights).
+
 Final evaluation (validation and test splits, best checkpoint): ``stage1_64`` (the 64^3 prediction vs the
 64^3 target) and, when the shard set has ``data.high_field``, ``stage1_64_trilinear`` (the prediction
-trilinearly upsampled to the high grid vs the high-resolution target: the "option 1" baseline). Metrics are
-those of :func:`ctpipe.stages.xray2ct_common.volume_metrics`.
+trilinearly upsampled to the high grid vs the high-resolution target: the "option 1" baseline), beside the
+baselines ``mean_volume`` (the training split's mean volume) and ``nearest_xray`` (the training volume whose
+X-rays are nearest in L2) on every evaluated grid (``mean_volume_<size>`` on the high grid). Metrics are
+those of :func:`ctpipe.stages.xray2ct_common.volume_metrics`, with X2CT-GAN's conventions in extra columns.
 """
 
 from __future__ import annotations
@@ -39,9 +45,13 @@ from ctpipe.stages.xray2ct_common import (
     has_field,
     load_xray_splits,
     resolve_stage1_network,
+    training_arrays,
+    training_reference,
     volume_metrics,
+    with_baselines,
     xray_input,
 )
+from ctpipe.models.lift_ct import LiftCT
 
 STAGE1_MODEL = "stage1_64"
 TRILINEAR_MODEL = "stage1_64_trilinear"
@@ -51,6 +61,7 @@ TRILINEAR_MODEL = "stage1_64_trilinear"
 class Stage1Config:
     stage: Literal["stage1_64"] = "stage1_64"
     experiment: str = "stage1_64"
+    source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
     data: XRayDataConfig = XRayDataConfig()
     model: Stage1ModelConfig = Stage1ModelConfig()
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, ssim3d=0.5)
@@ -76,6 +87,11 @@ class Stage1Task:
         fields = [XRAY_FIELD, cfg.data.volume_field] + ([self.high_field] if self.high_field else [])
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, fields)
         self.model = Stage1Net(self.network, n_aux=len(cfg.loss.scale_weights) - 1)
+        if isinstance(self.model.net, LiftCT):  # its prior, from the training split (restored again on resume)
+            if self.model.net.config.prior == "nearest":
+                self.model.net.set_bank(*training_arrays(cfg.data, cfg.data.volume_field))
+            else:
+                self.model.net.set_prior(training_reference(cfg.data, [cfg.data.volume_field]).means[cfg.data.volume_field])
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"model": self.model}
         self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, len(cfg.loss.scale_weights))
@@ -131,8 +147,9 @@ def final_evaluation(cfg: Stage1Config, task: Stage1Task, run_dir: Path, device:
             outputs[TRILINEAR_MODEL] = trilinear_baseline(low, high_size)
         return outputs
 
+    predict_all, all_targets = with_baselines(predict, targets, cfg.data, cfg.data.volume_field, device)
     for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(predict, targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
+        evaluate_volume_models(predict_all, all_targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
                                batch_size=cfg.data.eval_batch_size)
 
 

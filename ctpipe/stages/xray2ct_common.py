@@ -32,7 +32,19 @@ from torch import Tensor, nn
 from ctpipe.atomic import atomic_path
 from ctpipe.config import ConfigError
 from ctpipe.losses3d import ssim3d
-from ctpipe.metrics import mae, metric_column, psnr, ssim, ssim_window_size
+from ctpipe.metrics import (
+    X2CT_PSNR_COLUMN,
+    X2CT_SSIM_COLUMN,
+    X2CT_SSIM_WINDOW,
+    mae,
+    metric_column,
+    psnr,
+    psnr_x2ct,
+    ssim,
+    ssim2d_x2ct,
+    ssim_window_size,
+)
+from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCT, LiftCTConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
 from ctpipe.progress import track
 from ctpipe.stages.base import write_eval_tables, write_examples
@@ -45,6 +57,10 @@ FOV_FIELD = "fov_mm"
 SPLITS = ("validation", "test")
 
 STAGE1_PRESETS: dict[str, XRay2CTConfig] = {"default": XRay2CTConfig(), "tiny": XRAY2CT_TINY}
+LIFT_PRESETS: dict[str, LiftCTConfig] = {"default": LiftCTConfig(), "cpu": LIFT_CPU, "tiny": LIFT_TINY}
+# The stage-1 networks, by ``model.architecture`` (an explicit dict, no registry).
+STAGE1_MODELS: dict[str, type[nn.Module]] = {"vit": XRay2CT64, "lift": LiftCT}
+Stage1Network = XRay2CTConfig | LiftCTConfig
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
@@ -69,10 +85,15 @@ class XRayDataConfig:
 
 @dataclass(frozen=True)
 class Stage1ModelConfig:
-    """``preset`` ``default`` (about 15M parameters) or ``tiny`` (tests); ``custom`` uses ``network``."""
+    """``architecture``: ``vit`` (the hybrid ViT :class:`XRay2CT64`) or ``lift`` (the geometry-aware
+    :class:`ctpipe.models.lift_ct.LiftCT`). ``preset``: ``default`` (vit about 15M parameters), ``tiny``
+    (tests), ``cpu`` (lift only: the CPU demo's 32^3 size) or ``custom`` (``network`` for vit,
+    ``lift_network`` for lift)."""
 
-    preset: Literal["default", "tiny", "custom"] = "default"
+    preset: Literal["default", "tiny", "cpu", "custom"] = "default"
     network: XRay2CTConfig | None = None
+    architecture: Literal["vit", "lift"] = "vit"
+    lift_network: LiftCTConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -110,8 +131,14 @@ class VolumeLossConfig:
             raise ConfigError(f"loss.scale_weights={self.scale_weights}: give one weight >= 0 per scale, coarse to fine")
 
 
-def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: bool = False) -> XRay2CTConfig:
-    """The XRay2CTConfig a stage-1 model config describes."""
+def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: bool = False) -> Stage1Network:
+    """The network config (XRay2CTConfig or LiftCTConfig) a stage-1 model config describes."""
+    if model.architecture == "lift":
+        return _resolve_lift_network(model, gradient_checkpointing)
+    if model.lift_network is not None:
+        raise ConfigError("model.lift_network is only used with model.architecture='lift'; remove it")
+    if model.preset == "cpu":
+        raise ConfigError("model.preset='cpu' exists for model.architecture='lift' only; use default, tiny or custom")
     if model.preset == "custom":
         if model.network is None:
             raise ConfigError("model.preset='custom' needs model.network (the XRay2CTConfig fields)")
@@ -122,6 +149,26 @@ def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: boo
                               "remove model.network or set model.preset=custom")
         network = STAGE1_PRESETS[model.preset]
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
+
+
+def _resolve_lift_network(model: Stage1ModelConfig, gradient_checkpointing: bool) -> LiftCTConfig:
+    if model.network is not None:
+        raise ConfigError("model.network holds ViT fields; with model.architecture='lift' use model.lift_network")
+    if model.preset == "custom":
+        if model.lift_network is None:
+            raise ConfigError("model.preset='custom' with architecture='lift' needs model.lift_network (LiftCTConfig)")
+        network = model.lift_network
+    else:
+        if model.lift_network is not None:
+            raise ConfigError(f"model.lift_network is only used with model.preset='custom' (preset is {model.preset!r})")
+        network = LIFT_PRESETS[model.preset]
+    return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
+
+
+def build_stage1_network(network: Stage1Network) -> nn.Module:
+    """The stage-1 network for a resolved config (:data:`STAGE1_MODELS`)."""
+    architecture = "lift" if isinstance(network, LiftCTConfig) else "vit"
+    return STAGE1_MODELS[architecture](network)
 
 
 # ---- data ------------------------------------------------------------------------------------------------
@@ -200,8 +247,14 @@ class Stage1Net(nn.Module):
     ``forward`` returns ``{edge: (B, 1, s, s, s)}`` for every supervised scale; the final output equals
     ``net(xray)`` exactly. The checkpoint keys of the backbone are ``net.*`` (see :func:`stage1_state`)."""
 
-    def __init__(self, config: XRay2CTConfig, n_aux: int = 0) -> None:
+    def __init__(self, config: Stage1Network, n_aux: int = 0) -> None:
         super().__init__()
+        if isinstance(config, LiftCTConfig):
+            if n_aux:
+                raise ConfigError("the lift network has one output scale; set loss.scale_weights to one entry, e.g. [1.0]")
+            self.net: nn.Module = LiftCT(config)
+            self.aux = nn.ModuleList()
+            return
         stages = len(config.decoder_channels)
         if not 0 <= n_aux < stages:
             raise ConfigError(f"stage1_64: {n_aux} auxiliary heads requested, the decoder has {stages} stages "
@@ -237,7 +290,7 @@ def checkpoint_config(state: Mapping[str, Any], path: str | Path) -> dict[str, A
     return json.loads(config) if isinstance(config, str) else dict(config)
 
 
-def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[XRay2CT64, dict[str, Any]]:
+def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A trained stage-1 network (eval mode, frozen) and its run config, from a ``stage1_64`` checkpoint."""
     from ctpipe.checkpoint import load_checkpoint
     from ctpipe.config import from_dict
@@ -248,7 +301,7 @@ def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[X
         raise ValueError(f"{path} is a {config.get('stage')!r} checkpoint; pass a stage1_64 run's checkpoints/best.pt")
     model_cfg = from_dict(Stage1ModelConfig, config["model"], f"{path}: model")
     network = resolve_stage1_network(model_cfg)
-    model = XRay2CT64(network)
+    model = build_stage1_network(network)
     model.load_state_dict(stage1_state(state["models"]["model"]))
     model.requires_grad_(False)
     return model.to(device).eval(), config
@@ -344,13 +397,25 @@ PSNR_COLUMN = metric_column("psnr", 1.0)
 SSIM_COLUMN = metric_column("ssim", 1.0)
 
 
-def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> dict[str, Tensor]:
-    """Per-volume PSNR / 3D SSIM (data_range=1 on the [0, 1] window), MAE ([0, 1] and HU); pred clamped to [0, 1]."""
+def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+                   literature: bool = False) -> dict[str, Tensor]:
+    """Per-volume PSNR / 3D SSIM (data_range=1 on the [0, 1] window), MAE ([0, 1] and HU); pred clamped to [0, 1].
+
+    ``literature=True`` adds X2CT-GAN's conventions in their own columns (:data:`X2CT_PSNR_COLUMN`: 0..2500
+    integers, PIXEL_MAX 4095; :data:`X2CT_SSIM_COLUMN`: 2D SSIM averaged over the slices of all three axes;
+    NaN on grids smaller than its 7-voxel window)."""
     pred = pred.float().clamp(0.0, 1.0)
     width = float(hu_window[1]) - float(hu_window[0])
     err = mae(pred, target)
-    return {PSNR_COLUMN: psnr(pred, target, data_range=1.0), SSIM_COLUMN: ssim(pred, target, data_range=1.0),
-            "mae": err, "mae_hu": err * width}
+    values = {PSNR_COLUMN: psnr(pred, target, data_range=1.0), SSIM_COLUMN: ssim(pred, target, data_range=1.0),
+              "mae": err, "mae_hu": err * width}
+    if literature:
+        values[X2CT_PSNR_COLUMN] = psnr_x2ct(pred, target)
+        if min(pred.shape[2:]) >= X2CT_SSIM_WINDOW:
+            values[X2CT_SSIM_COLUMN] = ssim2d_x2ct(pred, target)
+        else:
+            values[X2CT_SSIM_COLUMN] = torch.full_like(err, float("nan"))
+    return values
 
 
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
@@ -417,7 +482,7 @@ def evaluate_volume_models(
         examples["target"] += [t[0].cpu().numpy() for t in batch[example_key][:take]]
         for name, key in targets.items():
             pred, target = outputs[name].float().clamp(0.0, 1.0), batch[key]
-            values = volume_metrics(pred, target, hu_window)
+            values = volume_metrics(pred, target, hu_window, literature=True)
             if name in examples:
                 examples[name] += [p[0].cpu().numpy() for p in pred[:take]]
             if name not in first:
@@ -435,6 +500,108 @@ def evaluate_volume_models(
 
 
 def evaluation_splits(task: Any) -> list[tuple[str, Any]]:
-    """``[(split, dataset)]`` for the non-empty validation / test splits of a task."""
+    """``[(split, dataset)]`` for the non-empty validation / test splits of a task; warns when either is empty
+    (a figure measured on validation only was also used to choose ``best.pt``)."""
     found = [("validation", task.val_set), ("test", task.test_set)]
-    return [(name, data) for name, data in found if data is not None and len(data) > 0]
+    present = [(name, data) for name, data in found if data is not None and len(data) > 0]
+    missing = [name for name, data in found if data is None or len(data) == 0]
+    if missing:
+        log.warning("X-ray -> CT evaluation: the %s split(s) are empty, so no held-out figure is written for them; "
+                    "prep the shard set with `ctpipe prep drr --split-fractions 0.8,0.1,0.1`", " and ".join(missing))
+    return present
+
+
+# ---- baselines that use the X-rays at most to pick a training patient -------------------------------------
+MEAN_VOLUME = "mean_volume"
+NEAREST_XRAY = "nearest_xray"
+TRIVIAL_BASELINES = (MEAN_VOLUME, NEAREST_XRAY)
+
+
+def baseline_name(kind: str, field: str, own_field: str) -> str:
+    """``mean_volume`` / ``nearest_xray`` on the stage's own grid, ``<kind>_<size>`` on another grid."""
+    return kind if field == own_field else f"{kind}_{field.rsplit('_', 1)[-1]}"
+
+
+@dataclass
+class TrainingReference:
+    """The training split as the baselines see it: its X-rays (flattened, ``(N, 2 n n)``), its mean volume per
+    field, and the dataset, from which :func:`nearest_xray_volumes` reads the chosen patients' volumes."""
+
+    dataset: Any
+    xrays: Tensor
+    means: dict[str, Tensor]
+
+
+def training_reference(cfg: XRayDataConfig, fields: Sequence[str]) -> TrainingReference:
+    """One pass over the training split: X-rays and the voxel-wise mean of every field in ``fields``."""
+    from ctpipe.data.datasets import ShardDataset
+
+    dataset = ShardDataset(cfg.root, cfg.train_split, (XRAY_FIELD, *fields))
+    if len(dataset) == 0:
+        raise ValueError(f"shard set {cfg.root}: the training split {cfg.train_split!r} is empty; the baselines need it")
+    xrays, sums = [], {field: torch.zeros(()) for field in fields}
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        xrays.append(sample[XRAY_FIELD].reshape(-1).float())
+        for field in fields:
+            sums[field] = sums[field] + sample[field].double()  # (1, s, s, s), float64 sum
+    means = {field: (total / len(dataset)).float()[None] for field, total in sums.items()}  # (1, 1, s, s, s)
+    return TrainingReference(dataset=dataset, xrays=torch.stack(xrays), means=means)
+
+
+def training_arrays(cfg: XRayDataConfig, field: str) -> tuple[Tensor, Tensor]:
+    """The training split's X-rays ``(N, 2, n, n)`` and ``field`` volumes ``(N, 1, s, s, s)`` (for LiftCT's bank)."""
+    from ctpipe.data.datasets import ShardDataset
+
+    dataset = ShardDataset(cfg.root, cfg.train_split, (XRAY_FIELD, field))
+    samples = [dataset[index] for index in range(len(dataset))]
+    return torch.stack([s[XRAY_FIELD][0] for s in samples]), torch.stack([s[field] for s in samples])
+
+
+def nearest_xray_indices(reference: TrainingReference, xray: Tensor) -> Tensor:
+    """Per sample, the training index whose X-rays (both views) are nearest in L2 (first index on a tie)."""
+    query = xray.detach().reshape(xray.shape[0], -1).float().to(reference.xrays.device)
+    if query.shape[1] != reference.xrays.shape[1]:
+        raise ValueError(f"nearest_xray: X-rays of {query.shape[1]} values vs {reference.xrays.shape[1]} in the training split")
+    distances = (query[:, None, :] - reference.xrays[None, :, :]).pow(2).sum(dim=2)
+    return distances.argmin(dim=1)
+
+
+def nearest_xray_volumes(reference: TrainingReference, field: str, indices: Tensor) -> Tensor:
+    """The ``field`` volumes of the training samples ``indices``, ``(B, 1, s, s, s)``."""
+    return torch.stack([reference.dataset[int(i)][field] for i in indices])
+
+
+def baseline_predictions(reference: TrainingReference, batch: Mapping[str, Any], fields: Mapping[str, str],
+                         device: torch.device) -> dict[str, Tensor]:
+    """``{baseline name: prediction}`` for ``fields`` = ``{name: (kind, field)}`` built by :func:`baseline_targets`."""
+    xray = xray_input(batch)
+    indices = nearest_xray_indices(reference, xray.cpu())
+    batch_size = xray.shape[0]
+    out: dict[str, Tensor] = {}
+    for name, (kind, field) in fields.items():  # type: ignore[misc]
+        if kind == MEAN_VOLUME:
+            out[name] = reference.means[field].expand(batch_size, -1, -1, -1, -1).to(device)
+        else:
+            out[name] = nearest_xray_volumes(reference, field, indices).to(device)
+    return out
+
+
+def baseline_targets(fields: Sequence[str], own_field: str) -> dict[str, tuple[str, str]]:
+    """``{baseline name: (kind, field)}``: mean_volume and nearest_xray on every evaluated grid."""
+    return {baseline_name(kind, field, own_field): (kind, field) for field in fields for kind in TRIVIAL_BASELINES}
+
+
+def with_baselines(predict: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], targets: Mapping[str, str],
+                   cfg: XRayDataConfig, own_field: str, device: torch.device
+                   ) -> tuple[Callable[[Mapping[str, Any]], dict[str, Tensor]], dict[str, str]]:
+    """Wrap an evaluation's ``predict`` and ``targets`` so that mean_volume and nearest_xray are scored beside
+    the models, on every grid the models are scored on, by the same code."""
+    fields = list(dict.fromkeys(targets.values()))
+    reference = training_reference(cfg, fields)
+    baselines = baseline_targets(fields, own_field)
+
+    def predict_all(batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return {**predict(batch), **baseline_predictions(reference, batch, baselines, device)}
+
+    return predict_all, {**targets, **{name: field for name, (_, field) in baselines.items()}}

@@ -10,6 +10,8 @@ import torch
 from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.drr_prep import (
     HU_WINDOW,
+    main as prep_drr_main,
+    parse_split_fractions,
     CTVolume,
     DRRPrepConfig,
     ct_to_sample,
@@ -19,7 +21,7 @@ from ctpipe.data.drr_prep import (
     resample_to_cube,
     window_hu,
 )
-from ctpipe.data.shards import read_manifest
+from ctpipe.data.shards import ShardSetError, patient_split, read_manifest
 from ctpipe.data.synthetic_ct import save_nifti, synthetic_ct_volume, write_synthetic_ct
 
 XRAY, SIZES = 32, (16, 32)
@@ -90,9 +92,14 @@ def test_prep_writes_a_loadable_shard_set(prepared):
 
 def test_no_patient_in_two_splits_and_split_is_by_hash(prepared):
     out, _, _ = prepared
-    splits = read_manifest(out).splits
-    assert set(splits) == {"train", "validation"}
-    assert not set(splits["train"]) & set(splits["validation"])
+    manifest = read_manifest(out)
+    splits = manifest.splits
+    assert set(splits) == {"train", "validation", "test"}  # the default holds a test split out
+    assert manifest.attrs["split_fractions"] == {"train": 0.8, "validation": 0.1, "test": 0.1}
+    expected = patient_split([f"ct_{i:04d}" for i in range(6)], {"train": 0.8, "validation": 0.1, "test": 0.1})
+    assert {k: list(v) for k, v in splits.items()} == expected
+    assert not set(splits["train"]) & set(splits["validation"]) and not set(splits["test"]) & (
+        set(splits["train"]) | set(splits["validation"]))
     for name in splits:
         ids = [str(ShardDataset(out, name, ["fov_mm"])[k]["patient_id"]) for k in range(len(splits[name]))]
         assert sorted(ids) == sorted(splits[name])
@@ -157,6 +164,44 @@ def test_interrupted_shard_is_rewritten(prepared, source, tmp_path):
     assert result.written == (4,) and result.manifest is not None
     assert published.read_bytes() == intact  # deterministic rewrite, republished
     read_manifest(tmp_path)
+
+
+def test_split_fractions_option_gives_patient_level_splits_with_a_test_split(source, tmp_path):
+    folder = source[0]
+    prep_drr_main([str(folder), str(tmp_path), "--xray-size", "32", "--volume-size", "16",
+                   "--split-fractions", "0.5,0.2,0.3"])
+    manifest = read_manifest(tmp_path)
+    patients = [f"ct_{i:04d}" for i in range(6)]
+    expected = patient_split(patients, {"train": 0.5, "validation": 0.2, "test": 0.3})
+    assert {k: list(v) for k, v in manifest.splits.items()} == expected and manifest.attrs["split_fractions"] == {"train": 0.5, "validation": 0.2,
+                                                                                "test": 0.3}
+    assert expected["test"] and sorted(p for s in expected.values() for p in s) == patients
+    test = ShardDataset(tmp_path, "test", ["fov_mm"])
+    assert sorted(test[k]["patient_id"] for k in range(len(test))) == expected["test"]
+
+
+def test_bad_split_fractions_are_refused_with_the_fix():
+    assert parse_split_fractions("0.8,0.1,0.1") == (0.8, 0.1, 0.1)
+    for bad in ("0.8,0.3,0.1", "0.5,0.5,0.5,-0.5", "a,b", "1.2,-0.2"):
+        with pytest.raises(ValueError, match="split-fractions"):
+            parse_split_fractions(bad)
+
+
+def test_leakage_guard_refuses_a_patient_in_two_splits(prepared, tmp_path):
+    out, _, _ = prepared
+    import json
+    import shutil
+
+    copy = tmp_path / "leaky"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    patient = manifest["splits"]["train"][0]
+    manifest["splits"]["test"] = sorted(manifest["splits"]["test"] + [patient])  # the same patient in train and test
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardSetError, match=f"leakage.*{patient}"):
+        read_manifest(copy)
+    with pytest.raises(ShardSetError, match="leakage"):
+        ShardDataset(copy, "test", ["fov_mm"])
 
 
 def test_task_arguments_are_checked(source, tmp_path):

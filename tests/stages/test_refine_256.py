@@ -36,7 +36,10 @@ def test_untrained_refine_equals_trilinear_and_training_does_not_hurt(setup, tmp
     zero = tmp_path / "zero"
     run_stage("refine_256", zero, [*overrides, "train.epochs=0"])
     baseline, refined = rows(zero, "stage1_64_trilinear"), rows(zero, "refine_256")
-    assert set(refined.eval_size) == {32} and len(refined) == 3
+    assert set(refined.eval_size) == {32} and len(refined) == 2  # 2 validation patients (0.8 / 0.1 / 0.1 of 10)
+    for name in ("mean_volume", "nearest_xray"):  # the baselines, on the refined grid, on both splits
+        for split in ("validation", "test"):
+            assert set(pd.read_csv(zero / "eval" / split / f"{name}.csv").eval_size) == {32}
     pd.testing.assert_frame_equal(baseline[METRICS], refined[METRICS])  # zero-initialised heads: bit for bit
 
     trained = tmp_path / "trained"
@@ -68,4 +71,4 @@ def test_refine_config_errors(setup, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="refines 16\\^3"):
         run_stage("refine_256", tmp_path / "b", [*overrides, "data.high_field=volume_16"])
     seeds = build_config(Refine256StageConfig, load_json("jobs/configs/refine_256_seeds.json"))
-    assert seeds.experiment == "refine_256_seeds" and len(seeds.loss.scale_weights) == 3
+    assert seeds.experiment == "refine_256_seeds" and seeds.loss.scale_weights == (1.0,)  # 002: final scale only

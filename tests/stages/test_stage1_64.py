@@ -69,7 +69,13 @@ def test_tiny_stage1_run_improves_and_writes_both_rows(shards: Path, tmp_path: P
     ev = run / "eval" / "validation"
     low, high = pd.read_csv(ev / "stage1_64.csv"), pd.read_csv(ev / "stage1_64_trilinear.csv")
     assert set(low.eval_size) == {16} and set(high.eval_size) == {32}
-    assert list(low.sample_id) == list(high.sample_id) and len(low) == 3
+    assert list(low.sample_id) == list(high.sample_id) and len(low) == 2  # 0.8 / 0.1 / 0.1 of 10 patients: 7 / 2 / 1
+    for split in ("validation", "test"):  # the held-out test split is evaluated too, beside the baselines
+        folder = run / "eval" / split
+        for name, size in (("stage1_64", 16), ("mean_volume", 16), ("nearest_xray", 16), ("mean_volume_32", 32),
+                           ("nearest_xray_32", 32), ("stage1_64_trilinear", 32)):
+            frame = pd.read_csv(folder / f"{name}.csv")
+            assert set(frame.eval_size) == {size} and len(frame) == {"validation": 2, "test": 1}[split]
     for frame in (low, high):
         assert set(frame.hu_window_low) == {-1024.0} and set(frame.hu_window_high) == {1476.0}
         np.testing.assert_allclose(frame.mae_hu, frame.mae * 2500.0)
@@ -117,11 +123,12 @@ def test_multiscale_loss_weights_the_scales() -> None:
 
 
 def test_configs_load_and_model_presets() -> None:
-    for name, experiment, n_scales in (("stage1_64", "stage1_64", 1), ("stage1_64_enhanced", "stage1_64_enhanced", 3)):
+    for name, n_scales, perceptual in (("stage1_64", 1, 0.0), ("stage1_64_enhanced", 3, 0.1),
+                                       ("stage1_64_enhanced_003", 3, 0.2)):
         cfg = build_config(Stage1Config, load_json(Path("jobs/configs") / f"{name}.json"))
-        assert cfg.experiment == experiment and len(cfg.loss.scale_weights) == n_scales
+        assert cfg.experiment == name and len(cfg.loss.scale_weights) == n_scales
         assert cfg.train.amp == "bf16" and cfg.optim.name == "adamw" and cfg.scheduler.name == "cosine"
-        assert cfg.loss.l1 == 1.0 and cfg.loss.ssim3d == 0.5 and cfg.loss.perceptual == 0.0
+        assert cfg.loss.l1 == 1.0 and cfg.loss.ssim3d == 0.5 and cfg.loss.perceptual == perceptual
     assert resolve_stage1_network(Stage1ModelConfig("tiny"), True) == dataclasses.replace(
         XRAY2CT_TINY, gradient_checkpointing=True)
     with pytest.raises(ConfigError, match="needs model.network"):
