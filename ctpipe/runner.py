@@ -269,10 +269,10 @@ def run_stage(stage: str, run_dir: str | Path, overrides: Sequence[str] = (), co
     changes = {} if restart else config_changes(run_dir, cfg)
     if not restart:
         check_resume(run_dir, changes, force_resume)
-    check_data(cfg)
     env = dist_utils.detect_env()
     configure_determinism(cfg.train.deterministic)  # before the first CUDA call (cuBLAS workspace)
-    device = dist_utils.pick_device(cfg.train.device, env)
+    device = dist_utils.pick_device(cfg.train.device, env)  # train.device=cuda on a node without one: stop here
+    check_data(cfg)
     log.info(startup_line(stage, env, device, cfg.train.amp))
     dist_utils.init_distributed(env, device)
     try:

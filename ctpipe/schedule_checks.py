@@ -28,7 +28,7 @@ def schedule_problems(cfg: Any) -> list[str]:
         problem = linear_decay_problem(scheduler.n_epochs_constant, train.epochs)
         if problem:
             problems.append(problem)
-    if train.val_every > train.epochs:
+    if 0 < train.epochs < train.val_every:  # epochs=0 scores the untrained model / baselines only
         problems.append(f"train.val_every={train.val_every} > train.epochs={train.epochs}: the run would never "
                         f"validate (no best.pt, no early stopping); set train.val_every=1 (at most {train.epochs})")
     return problems

@@ -18,6 +18,13 @@ from ctpipe.train import StopFlag, Trainer
 from tests.toy_task import ToyTask
 
 
+def say(line: str) -> None:
+    """One write per line: the ranks share stdout, and with PYTHONUNBUFFERED print() writes the text and its
+    newline separately, so two ranks' lines could interleave ("STATUS preemptedSTATUS preempted")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main(run_dir: str, step_sleep: float) -> int:
     env = dist_utils.detect_env()
     device = torch.device("cpu")
@@ -30,7 +37,7 @@ def main(run_dir: str, step_sleep: float) -> int:
         extra = ""
         if os.environ.get("CTPIPE_DEBUG_SUM"):
             extra = " " + repr(float(sum(p.double().sum() for p in task.model.parameters())))
-        print(f"STEP {holder['t'].state['global_step'] + 1} {env.rank}{extra}", flush=True)
+        say(f"STEP {holder['t'].state['global_step'] + 1} {env.rank}{extra}")
         time.sleep(step_sleep)
 
     task = ToyTask(n_train=48, on_step=on_step)
@@ -41,7 +48,7 @@ def main(run_dir: str, step_sleep: float) -> int:
     with flag.installed():
         result = trainer.fit()
     dist_utils.shutdown()
-    print(f"STATUS {result.status}", flush=True)
+    say(f"STATUS {result.status}")
     return 3 if result.status == "preempted" else 0
 
 
