@@ -113,6 +113,13 @@ def margins(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cell(value: object) -> str:
+    """A number to 4 significant digits; text (e.g. the name of the best baseline) as it is; NaN empty."""
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}" if pd.notna(value) else ""
+
+
 def summary_html(summary: pd.DataFrame) -> str:
     if summary.empty:
         return "<p>No evaluated runs.</p>"
@@ -125,7 +132,7 @@ def summary_html(summary: pd.DataFrame) -> str:
     for _, row in summary.iterrows():
         cls = ' class="baseline"' if row.experiment == "baseline" else ""
         cells = [_short(row.run), row.stage, row.experiment, row.model, row.split, int(row.n_samples)]
-        values = [f"{row[c]:.4g}" if pd.notna(row[c]) else "" for c in metrics]
+        values = [_cell(row[c]) for c in metrics]
         tail = [int(row.epochs), f"{row.wall_time_s:.1f}"]
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [*cells, *values, *tail])
                     + "</tr>")
