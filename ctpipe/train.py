@@ -109,6 +109,8 @@ class Task(Protocol):
     fingerprint: dict[str, Any]             # model/optimizer config: resuming with another one is refused
     # optional: ``ddp_find_unused_parameters = True`` when the loss leaves some trained parameters without
     # gradient (an unsupervised output head); DDP then searches for them every step
+    # optional: ``example_images(batch) -> {name: tensor}`` for the first validation sample (2D, or a volume of
+    # which TensorBoard shows the middle slice), logged with ``train.tensorboard=true``
 
     def train_step(self, batch: Mapping[str, Any], stepper: "Stepper") -> dict[str, torch.Tensor]:
         """Forward through ``stepper.module(name)`` (the DDP/compiled wrapper of ``modules[name]``), then
@@ -620,6 +622,7 @@ class Trainer:
         improved = self._update_best(monitor_value)
         self.state["history"].append(row)
         if self.tb is not None:
+            self._log_examples(row["epoch"])
             self.tb.epoch(row["epoch"], row)
         n_samples = self.steps_per_epoch * self.batch_size * self.env.world_size
         self.state["timing"].append({"epoch": epoch + 1, "wall_s": round(elapsed, 3),
@@ -638,6 +641,18 @@ class Trainer:
                                                   for k, v in row.items()})
         self.event("epoch_end", **{k: v for k, v in row.items()})
         return stop
+
+    @torch.no_grad()
+    def _log_examples(self, epoch: int) -> None:
+        """TensorBoard images of the first validation sample, for a task with ``example_images(batch)``
+        (rank 0 only; eval mode and no randomness, so the training stays exactly as without it)."""
+        example = getattr(self.task, "example_images", None)
+        if self.tb is None or example is None or not self.task.val_set:
+            return
+        self._set_train_mode(False)
+        with self.stepper.autocast():
+            images = example(_to_device(collate([self.task.val_set[0]]), self.device))
+        self.tb.images(epoch, {k: v.detach().float().cpu().numpy() for k, v in images.items()})
 
     def _update_best(self, value: float | None) -> bool:
         if value is None:

@@ -67,3 +67,27 @@ def test_the_trainer_logs_steps_and_epochs_when_switched_on(tmp_path: Path) -> N
     Trainer(ToyTask(), TrainConfig(epochs=1), SchedulerConfig(name="none"), off, torch.device("cpu"),
             batch_size=6, progress=False).fit()
     assert not (off / "tb").exists()
+
+
+def test_example_images_do_not_change_the_training(tmp_path: Path) -> None:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ctpipe.config import SchedulerConfig
+    from ctpipe.train import Trainer
+    from tests.toy_task import ToyTask
+
+    class Pictured(ToyTask):
+        def example_images(self, batch):
+            return {"prediction": self.model(batch["x"])[0].reshape(1, 1).expand(4, 4)}
+
+    cfg = TrainConfig(epochs=2, tensorboard=True, early_stopping_patience=None)
+    tasks = {"plain": ToyTask(), "pictured": Pictured()}
+    for name, task in tasks.items():
+        Trainer(task, cfg, SchedulerConfig(name="none"), tmp_path / name, torch.device("cpu"), batch_size=6,
+                progress=False).fit()
+    for key, value in tasks["plain"].model.state_dict().items():
+        assert torch.equal(value, tasks["pictured"].model.state_dict()[key]), key
+    events = EventAccumulator(str(tmp_path / "pictured" / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert [i.step for i in events.Images("validation/prediction")] == [1, 2]

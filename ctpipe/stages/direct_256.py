@@ -124,6 +124,10 @@ class Direct256Task:
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model(xray_input(batch))[self.high_size].float()
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first volume's target and prediction; TensorBoard shows their middle slices."""
+        return {"target": batch[self.cfg.data.high_field][0], "prediction": self.predict(batch)[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         pred, target = self.predict(batch), batch[self.cfg.data.high_field]
         metrics = volume_metrics(pred, target, self.cfg.data.hu_window)

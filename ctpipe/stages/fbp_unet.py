@@ -190,6 +190,10 @@ class FBPUNetTask:
         stepper.backward(loss, "unet")
         return {"loss": loss.detach(), **{k: v for k, v in terms.items() if k != "total"}}
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first sample's target and reconstruction (TensorBoard's validation images)."""
+        return {"target": batch["image"][0], "prediction": self.predict(batch["sinogram"])[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         pred = self.predict(batch["sinogram"])
         target = batch["image"]

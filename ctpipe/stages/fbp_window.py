@@ -75,6 +75,10 @@ class FBPWindowTask:
         stepper.backward(loss, "model")
         return {"loss": loss.detach()}
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first sample's target and reconstruction (TensorBoard's validation images)."""
+        return {"target": batch["image"][0], "prediction": self.model(batch["sinogram"])[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         pred = self.model(batch["sinogram"]).float()
         target = batch["image"]

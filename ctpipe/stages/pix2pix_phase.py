@@ -276,6 +276,12 @@ class Pix2PixPhaseTask:
         return {"G_gan": g.gan.detach(), "G_l1": g.l1.detach(), "D_real": d.real.detach(),
                 "D_fake": d.fake.detach()}
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first slice's input, target and generated image (TensorBoard's validation images)."""
+        source = batch[self.cfg.data.input_field]
+        return {"input": source[0], "target": batch[self.cfg.data.target_field][0],
+                "prediction": self.G(source)[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return slice_metrics(self.G(batch[self.cfg.data.input_field]).float(), batch[self.cfg.data.target_field])
 

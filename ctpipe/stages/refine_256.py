@@ -146,6 +146,11 @@ class Refine256Task:
         stepper.backward(loss, "refine")
         return terms
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first volume's target and prediction; TensorBoard shows their middle slices."""
+        pred = self.model(self.stage1_volume(batch))[self.high_size]
+        return {"target": batch[self.cfg.data.high_field][0], "prediction": pred[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         pred = self.model(self.stage1_volume(batch))[self.high_size].float()
         target = batch[self.cfg.data.high_field]

@@ -109,6 +109,10 @@ class Stage1Task:
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model.net(xray_input(batch)).float()
 
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The first volume's target and prediction; TensorBoard shows their middle slices."""
+        return {"target": batch[self.cfg.data.volume_field][0], "prediction": self.predict(batch)[0].float()}
+
     def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         pred, target = self.predict(batch), batch[self.cfg.data.volume_field]
         metrics = volume_metrics(pred, target, self.cfg.data.hu_window)

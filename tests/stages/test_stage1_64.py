@@ -143,3 +143,17 @@ def test_mismatched_shard_set_is_refused(shards: Path, tmp_path: Path) -> None:
                                                   "model.network={\"xray_size\": 32, \"encoder_channels\": [8, 16]}"])
     with pytest.raises(ConfigError, match="HU window"):
         run_stage("stage1_64", tmp_path / "bad2", [f"data.root={shards}", *TINY, "data.hu_window=[-1000, 1000]"])
+
+
+def test_tensorboard_gets_scalars_and_the_validation_example(shards: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb_run"
+    run_stage("stage1_64", run, [f"data.root={shards}", *TINY, "train.epochs=2", "train.max_steps_per_epoch=2",
+                                 "train.tensorboard=true"], evaluate=False)
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2]
+    for name in ("target", "prediction"):  # the middle axial slice of the first validation volume
+        images = events.Images(f"validation/{name}")
+        assert [(i.step, i.width, i.height) for i in images] == [(1, 16, 16), (2, 16, 16)]
