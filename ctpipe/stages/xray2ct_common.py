@@ -139,30 +139,27 @@ def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: boo
         raise ConfigError("model.lift_network is only used with model.architecture='lift'; remove it")
     if model.preset == "cpu":
         raise ConfigError("model.preset='cpu' exists for model.architecture='lift' only; use default, tiny or custom")
-    if model.preset == "custom":
-        if model.network is None:
-            raise ConfigError("model.preset='custom' needs model.network (the XRay2CTConfig fields)")
-        network = model.network
-    else:
-        if model.network is not None:
-            raise ConfigError(f"model.network is only used with model.preset='custom' (preset is {model.preset!r}); "
-                              "remove model.network or set model.preset=custom")
-        network = STAGE1_PRESETS[model.preset]
+    network = _preset_or_custom(model.preset, model.network, STAGE1_PRESETS, "network", "XRay2CTConfig")
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 
 def _resolve_lift_network(model: Stage1ModelConfig, gradient_checkpointing: bool) -> LiftCTConfig:
     if model.network is not None:
         raise ConfigError("model.network holds ViT fields; with model.architecture='lift' use model.lift_network")
-    if model.preset == "custom":
-        if model.lift_network is None:
-            raise ConfigError("model.preset='custom' with architecture='lift' needs model.lift_network (LiftCTConfig)")
-        network = model.lift_network
-    else:
-        if model.lift_network is not None:
-            raise ConfigError(f"model.lift_network is only used with model.preset='custom' (preset is {model.preset!r})")
-        network = LIFT_PRESETS[model.preset]
+    network = _preset_or_custom(model.preset, model.lift_network, LIFT_PRESETS, "lift_network", "LiftCTConfig")
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
+
+
+def _preset_or_custom(preset: str, custom: Any, presets: Mapping[str, Any], field: str, kind: str) -> Any:
+    """``model.<field>`` for ``model.preset='custom'``, else the named preset; a stray ``model.<field>`` is refused."""
+    if preset == "custom":
+        if custom is None:
+            raise ConfigError(f"model.preset='custom' needs model.{field} (the {kind} fields)")
+        return custom
+    if custom is not None:
+        raise ConfigError(f"model.{field} is only used with model.preset='custom' (preset is {preset!r}); "
+                          f"remove model.{field} or set model.preset=custom")
+    return presets[preset]
 
 
 def build_stage1_network(network: Stage1Network) -> nn.Module:

@@ -6,7 +6,8 @@ gloo, one task per node, the same global batch as a one-task run of the same scr
   agrees with the one-task run to 1e-5 relative. Its weights do NOT agree to 1e-6: parameters right before a
   GroupNorm (conv biases, the conv weights' scale) have a true gradient of zero, and Adam's normalisation turns
   the rounding noise of the all-reduced zero into lr-sized steps (measured: 24 of 90 tensors differ, up to
-  9e-3, all of them feeding a GroupNorm; the network's outputs do not depend on them).
+  9e-3, all of them feeding a GroupNorm; the network's outputs do not depend on them). So the 2-node job is
+  also compared with the same 2 ranks on one node, which must agree bit for bit (weights and history).
 
 The module switches the cluster to two nodes and back (a restart each way)."""
 
@@ -57,8 +58,10 @@ def test_two_node_stage1_equals_one_task(two_nodes: SlurmCluster, tmp_path: Path
                          env={**env, "RUN_NAME": "one"}, cwd=repo, script_args=(*ARGS, "data.batch_size=2"))
     two = cluster.sbatch("sbatch/stage1_64.sh", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
                          env={**env, "RUN_NAME": "two"}, cwd=repo, script_args=(*ARGS, "data.batch_size=1"))
-    logs = {job: repo / "logs" / f"stage1_64-{job}.out" for job in (one, two)}
-    for job in (one, two):
+    pair = cluster.sbatch("sbatch/stage1_64.sh", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
+                          env={**env, "RUN_NAME": "pair"}, cwd=repo, script_args=(*ARGS, "data.batch_size=1"))
+    logs = {job: repo / "logs" / f"stage1_64-{job}.out" for job in (one, two, pair)}
+    for job in (one, two, pair):
         state = cluster.wait(job, JOB_TIMEOUT_S)
         assert state == "COMPLETED", logs[job].read_text()[-4000:] if logs[job].is_file() else "(no log)"
     nodelist = cluster.run("sacct", "-n", "-P", "-X", "-j", two, "-o", "NodeList").strip()
@@ -69,6 +72,14 @@ def test_two_node_stage1_equals_one_task(two_nodes: SlurmCluster, tmp_path: Path
     assert len(h1) == len(h2) == 2
     for col in [c for c in h1.columns if c.startswith(("train_", "val_"))]:
         assert list(h2[col]) == pytest.approx(list(h1[col]), rel=1e-5), col
+    # The same two ranks on one node: the reduction is the same arithmetic, so the 2-node job must match it
+    # bit for bit -- weights and history -- which the 1-task comparison cannot show for this network.
+    two_ckpt, pair_ckpt = (load_checkpoint(repo / "runs" / "stage1_64" / n / "checkpoints" / LATEST)
+                           for n in ("two", "pair"))
+    for name, weight in pair_ckpt["models"]["model"].items():
+        assert torch.equal(two_ckpt["models"]["model"][name], weight), name
+    assert ((repo / "runs" / "stage1_64" / "two" / "history.csv").read_bytes()
+            == (repo / "runs" / "stage1_64" / "pair" / "history.csv").read_bytes())
 
 
 def test_two_node_fbp_window_weights_equal_one_task(two_nodes: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
