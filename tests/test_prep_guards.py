@@ -173,3 +173,22 @@ def test_the_same_prep_task_started_twice_at_once_is_refused_cleanly(tmp_path):
             first.wait()
     assert (tmp_path / "out" / "manifest.json").is_file() and not lock.exists()
     assert ctpipe(*args).returncode == 0  # a later run of the same task is fine
+
+
+def test_a_concurrent_tasks_claim_in_progress_is_not_another_data_set(tmp_path: Path) -> None:
+    """Two array tasks start at once: one finds the other's claim (or its temporary file) in --out."""
+    import pytest
+
+    from ctpipe.data.shards import PREP_IDENTITY, ShardSetError, claim_output
+
+    out = tmp_path / "shards"
+    out.mkdir()
+    (out / f".{PREP_IDENTITY}.claim-4242").write_text("{}")  # the other task's claim, being linked
+    (out / f"..{PREP_IDENTITY}.claim-4243.x1y2z3.tmp").write_text("{")  # another one's, still being written
+    claim_output(out, "lodopab", tmp_path / "raw", {"parts": ["train"]})
+    assert (out / PREP_IDENTITY).is_file()
+    other = tmp_path / "other"  # a file of anything else is still refused
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ShardSetError, match="not written by this prep"):
+        claim_output(other, "lodopab", tmp_path / "raw", {"parts": ["train"]})

@@ -624,8 +624,8 @@ def claim_output(out: str | os.PathLike[str], prep: str, src: str | os.PathLike[
     if out.exists() and not out.is_dir():
         raise ShardSetError(f"--out {out} is a file, not a folder; {hint}")
     if not target.is_file():
-        claims = f".{PREP_IDENTITY}.claim-"  # another array task claiming the folder at this moment
-        present = sorted(p.name for p in out.iterdir() if not p.name.startswith(claims)) if out.is_dir() else []
+        claims = f".{PREP_IDENTITY}.claim-"  # another array task claiming the folder now (or its temporary file)
+        present = sorted(p.name for p in out.iterdir() if claims not in p.name) if out.is_dir() else []
         legacy = None
         if MANIFEST_NAME in present:  # a set written before prep.json existed: accept only the same family
             try:
