@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ctpipe.models.xray2ct import check_xray_shape
 from ctpipe.ops.drr import DEFAULT_IMAGE_GAIN
 
 FRONTAL, LATERAL = 0, 1  # channel order of the X-ray input (ctpipe.ops.drr.VIEWS)
@@ -259,10 +260,7 @@ class LiftCT(nn.Module):
     def projections(self, xray: Tensor) -> Tensor:
         """Line integrals pooled onto the volume grid, scaled to about the mean of a [0, 1] volume along the ray."""
         cfg = self.config
-        expected = (cfg.n_views, cfg.xray_size, cfg.xray_size)
-        if xray.dim() != 4 or tuple(xray.shape[1:]) != expected:
-            raise ValueError(f"LiftCT: expected X-rays of shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
-                             f"(views: frontal, lateral), got {tuple(xray.shape)}")
+        check_xray_shape(xray, cfg.n_views, cfg.xray_size, "LiftCT")
         p = F.avg_pool2d(linearise(xray.float(), cfg.image_gain), cfg.xray_size // cfg.volume_size)
         return p * (2.0 / cfg.volume_size)
 

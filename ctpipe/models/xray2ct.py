@@ -96,6 +96,14 @@ def group_norm(channels: int) -> nn.GroupNorm:
 
 
 # ---- X-ray conditioning --------------------------------------------------------------------------
+def check_xray_shape(xray: Tensor, n_views: int, size: int, who: str) -> None:
+    """Refuse anything but a (B, n_views, size, size) batch of X-rays, naming the network that needs it."""
+    expected = (n_views, size, size)
+    if xray.dim() != 4 or tuple(xray.shape[1:]) != expected:
+        raise ValueError(f"{who}: expected X-rays of shape (B, {n_views}, {size}, {size}) (views: frontal, "
+                         f"lateral), got {tuple(xray.shape)}")
+
+
 class _Encoder2D(nn.Module):
     """Stride-2 conv stages: (B, 1, S, S) -> (B, C_last, S / 2^n, S / 2^n)."""
 
@@ -136,10 +144,7 @@ class XRayEncoder(nn.Module):
 
     def forward(self, xray: Tensor) -> Tensor:
         cfg = self.config
-        expected = (cfg.n_views, cfg.xray_size, cfg.xray_size)
-        if xray.dim() != 4 or tuple(xray.shape[1:]) != expected:
-            raise ValueError(f"XRayEncoder: expected X-rays of shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
-                             f"(views: frontal, lateral), got {tuple(xray.shape)}")
+        check_xray_shape(xray, cfg.n_views, cfg.xray_size, "XRayEncoder")
         batch = xray.shape[0]
         if cfg.shared_encoder:
             features = self.cnn[0](xray.reshape(batch * cfg.n_views, 1, cfg.xray_size, cfg.xray_size))

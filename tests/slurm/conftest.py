@@ -270,3 +270,17 @@ def read_events(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """Two run folders hold the same training: history.csv byte for byte, every weight of latest.pt bit for bit."""
+    import torch
+
+    from ctpipe.checkpoint import LATEST, load_checkpoint
+
+    assert (run_dir / "history.csv").read_bytes() == (reference / "history.csv").read_bytes()
+    ours = load_checkpoint(run_dir / "checkpoints" / LATEST)["models"]
+    theirs = load_checkpoint(reference / "checkpoints" / LATEST)["models"]
+    for module, weights in theirs.items():
+        for key, tensor in weights.items():
+            assert torch.equal(ours[module][key], tensor), f"{module}.{key} differs from {reference}"

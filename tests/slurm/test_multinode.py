@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from ctpipe.checkpoint import LATEST, load_checkpoint
-from tests.slurm.conftest import CLUSTER_SH, SlurmCluster, TinyLodopab, make_checkout
+from tests.slurm.conftest import CLUSTER_SH, SlurmCluster, TinyLodopab, assert_same_run, make_checkout
 
 JOB_TIMEOUT_S = 300.0
 ARGS = ("train.epochs=2", "train.early_stopping_patience=null", "optim.lr=3e-3")
@@ -74,12 +74,7 @@ def test_two_node_stage1_equals_one_task(two_nodes: SlurmCluster, tmp_path: Path
         assert list(h2[col]) == pytest.approx(list(h1[col]), rel=1e-5), col
     # The same two ranks on one node: the reduction is the same arithmetic, so the 2-node job must match it
     # bit for bit -- weights and history -- which the 1-task comparison cannot show for this network.
-    two_ckpt, pair_ckpt = (load_checkpoint(repo / "runs" / "stage1_64" / n / "checkpoints" / LATEST)
-                           for n in ("two", "pair"))
-    for name, weight in pair_ckpt["models"]["model"].items():
-        assert torch.equal(two_ckpt["models"]["model"][name], weight), name
-    assert ((repo / "runs" / "stage1_64" / "two" / "history.csv").read_bytes()
-            == (repo / "runs" / "stage1_64" / "pair" / "history.csv").read_bytes())
+    assert_same_run(repo / "runs" / "stage1_64" / "two", repo / "runs" / "stage1_64" / "pair")
 
 
 def test_two_node_fbp_window_weights_equal_one_task(two_nodes: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
@@ -128,9 +123,4 @@ def test_two_node_stage1_preempted_resumes_exactly(two_nodes: SlurmCluster, tmp_
     kinds = [e["event"] for e in read_events(run_dir)]
     assert "preempted" in kinds and "resumed" in kinds, kinds
     reference = repo / "runs" / "stage1_64" / "reference"
-    assert (run_dir / "history.csv").read_text() == (reference / "history.csv").read_text()
-    ours = load_checkpoint(run_dir / "checkpoints" / LATEST)["models"]
-    theirs = load_checkpoint(reference / "checkpoints" / LATEST)["models"]
-    for module, weights in theirs.items():
-        for key, tensor in weights.items():
-            assert torch.equal(ours[module][key], tensor), f"{module}.{key} differs after the resume"
+    assert_same_run(run_dir, reference)

@@ -10,10 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
-from ctpipe.checkpoint import LATEST, load_checkpoint
-from tests.slurm.conftest import SlurmCluster, make_checkout, read_events, sacct_attempts, wait_for
+from tests.slurm.conftest import (SlurmCluster, assert_same_run, make_checkout, read_events, sacct_attempts,
+                                 wait_for)
 
 EPOCHS = 30
 ARGS = (f"train.epochs={EPOCHS}", "train.early_stopping_patience=null", "train.max_steps_per_epoch=2")
@@ -77,9 +76,4 @@ def test_stage1_script_preempted_resumes_identically(runs: dict[str, object], sl
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", states
     log = (repo / "logs" / f"stage1_64-{jobs[name]}.out").read_text()
     assert "resuming runs/stage1_64/" + name + " from its saved config.json" in log  # the requeued attempt
-    assert (run_dir / "history.csv").read_text() == (reference / "history.csv").read_text()
-    ours = load_checkpoint(run_dir / "checkpoints" / LATEST)["models"]
-    theirs = load_checkpoint(reference / "checkpoints" / LATEST)["models"]
-    for module, weights in theirs.items():
-        for key, tensor in weights.items():
-            assert torch.equal(ours[module][key], tensor), f"{module}.{key} differs after the resume"
+    assert_same_run(run_dir, reference)
