@@ -84,9 +84,8 @@ def _start_submitit(cluster: SlurmCluster, data: TinyLodopab, root: Path, name: 
     (job,) = submit_training("fbp_window", [f"data.root={data.shards}", *TRAIN], executor_kind="slurm",
                              run_dir=run_dir, resources=res)
 
-    def log() -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                         for p in sorted((run_dir / "submitit").glob("*_log.*")))
+    def log() -> str:  # whole files: submitit's requeue lines sit before the second attempt's output
+        return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted((run_dir / "submitit").glob("*_log.*")))
 
     return Started(run_dir, str(job.job_id), log, job)
 
