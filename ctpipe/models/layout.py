@@ -1,11 +1,13 @@
 """A clear error when weights of another layout are loaded into a volume network.
 
 The convolutions directly followed by a GroupNorm carry no bias, and the attention layers have no key
-bias (separate ``k`` / ``v`` projections instead of one ``kv``): both were redundant -- the norm removes
-a constant shift of its group, the softmax one of its logits -- and their true gradient is zero, so Adam
-turned the rounding noise of that zero into learning-rate-sized steps (a 2-rank DDP run and a 1-rank run
-of the same global batch drifted apart by up to 9e-3). Checkpoints written before that change hold those
-keys; torch's own "Unexpected key(s)" error does not say what to do about it.
+bias (separate ``k`` / ``v`` projections instead of one ``kv``). The softmax removes any shift of a
+query's logits and a GroupNorm with one channel per group any shift of its channel, so those gradients
+were exactly zero, and Adam turned their rounding noise into learning-rate-sized steps (a 2-rank DDP run
+and a 1-rank run of the same global batch drifted apart by up to 9e-3). With several channels per group
+only the group mean of the biases is redundant; they are dropped there too, as is usual before a norm.
+Checkpoints written before that change hold those keys; torch's own "Unexpected key(s)" error does not
+say what to do about it.
 """
 
 from __future__ import annotations

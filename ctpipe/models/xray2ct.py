@@ -24,10 +24,10 @@ Input: ``(B, n_views, xray_size, xray_size)`` with views in the order (frontal, 
 [0, 1] (see :func:`ctpipe.ops.drr.drr_to_image`). Output: ``(B, 1, volume_size, volume_size,
 volume_size)`` in RAS axis order (the order the targets are stored in).
 
-No parameter has a gradient that is zero by construction: the convolutions directly followed by a
-GroupNorm have no bias and the attention has no key bias (the norm removes a shift of its group, the
-softmax a shift of its logits). Adam would turn the rounding noise of such a zero gradient into
-lr-sized steps, and a DDP run would drift from a one-process run of the same global batch.
+The convolutions directly followed by a GroupNorm have no bias and the attention has no key bias: the
+softmax removes a shift of a query's logits, a GroupNorm with one channel per group a shift of its
+channel, so such a parameter's gradient is zero by construction, and Adam would turn its rounding noise
+into lr-sized steps (a DDP run would drift from a one-process run of the same global batch).
 """
 
 from __future__ import annotations
