@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +28,8 @@ import pytest
 import torch
 
 from ctpipe.checkpoint import LATEST, load_checkpoint
-from tests.slurm.conftest import CLUSTER_SH, SlurmCluster, TinyLodopab, assert_same_run, make_checkout
+from tests.slurm.conftest import (CLUSTER_SH, INTERRUPTIONS, SlurmCluster, TinyLodopab, assert_same_run,
+                                 make_checkout, wait_interrupted)
 
 JOB_TIMEOUT_S = 300.0
 ARGS = ("train.epochs=2", "train.early_stopping_patience=null", "optim.lr=1e-5")
@@ -108,14 +108,10 @@ def test_two_node_fbp_window_weights_equal_one_task(two_nodes: SlurmCluster, slu
         torch.testing.assert_close(ckpt_two["models"]["model"][name], w1, rtol=0, atol=1e-6, msg=f"weight {name}")
 
 
-INTERRUPTIONS = ("usr2", "requeue")
-
-
 @pytest.fixture(scope="module")
 def preempted_runs(two_nodes: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A reference 2-node stage1_64 job and one interrupted by each of INTERRUPTIONS once its first epoch ended:
     ``{"repo": ..., "jobs": {name: job id}, name: final state or the exception that stopped the driver}``."""
-    from tests.slurm.conftest import read_events, wait_for
     from tests.stages.test_stage1_64 import make_xray_shards
 
     cluster = two_nodes
@@ -127,32 +123,11 @@ def preempted_runs(two_nodes: SlurmCluster, tmp_path_factory: pytest.TempPathFac
     jobs = {name: cluster.sbatch("sbatch/stage1_64.sh", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
                                  env={**env, "RUN_NAME": name}, cwd=repo, script_args=args)
             for name in ("reference", *INTERRUPTIONS)}
-    out: dict[str, object] = {"repo": repo, "jobs": jobs}
-
-    def drive(name: str) -> None:
-        run_dir = repo / "runs" / "stage1_64" / name
-        try:
-            if name == "usr2":
-                wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_dir)), JOB_TIMEOUT_S,
-                         f"{name}: the first epoch")
-                cluster.run("scancel", "--signal=USR2", jobs[name])
-            elif name == "requeue":  # SLURM ends both ranks with SIGTERM, then starts the job again
-                wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_dir)), JOB_TIMEOUT_S,
-                         f"{name}: the first epoch")
-                cluster.run("scontrol", "requeue", jobs[name])
-            out[name] = cluster.wait(jobs[name], JOB_TIMEOUT_S)
-        except BaseException as err:
-            out[name] = err
-
-    threads = [threading.Thread(target=drive, args=(name,), daemon=True) for name in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(2 * JOB_TIMEOUT_S + 60)
-    return out
+    states = wait_interrupted(cluster, jobs, repo / "runs" / "stage1_64", JOB_TIMEOUT_S, JOB_TIMEOUT_S)
+    return {"repo": repo, "jobs": jobs, **states}
 
 
-@pytest.mark.parametrize("name", INTERRUPTIONS)
+@pytest.mark.parametrize("name", list(INTERRUPTIONS))
 def test_two_node_stage1_preempted_resumes_exactly(preempted_runs: dict[str, object], two_nodes: SlurmCluster,
                                                    name: str) -> None:
     """USR2 to both ranks of a running 2-node job (they save, the job requeues itself), or ``scontrol requeue``
