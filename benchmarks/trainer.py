@@ -23,7 +23,7 @@ from ctpipe.models.xray2ct import XRay2CT64, XRay2CTConfig
 
 
 class _StepTask:
-    """XRay2CT64 at its default size (15.35M parameters), one optimizer."""
+    """XRay2CT64 at its default size (15.34M parameters), one optimizer."""
 
     def __init__(self, device: torch.device, batch: int) -> None:
         self.model = XRay2CT64(XRay2CTConfig()).to(device)

@@ -22,6 +22,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from ctpipe.models.layout import guard_layout, refuse_foreign_keys
 from ctpipe.models.refine256 import apply
 from ctpipe.models.xray2ct import XRAY2CT_TINY, UpBlock3D, VolumeTransformer, XRay2CTConfig, XRayEncoder
 
@@ -62,6 +63,7 @@ class Direct256(nn.Module):
         widths = (backbone.embed_dim, *config.decoder_channels)
         self.stages = nn.ModuleList([UpBlock3D(a, b) for a, b in zip(widths[:-1], widths[1:])])
         self.heads = nn.ModuleList([nn.Conv3d(c, 1, 3, padding=1) for c in config.decoder_channels[-3:]])
+        guard_layout(self)
 
     def forward(self, xray: Tensor) -> dict[int, Tensor]:
         ckpt = self.config.gradient_checkpointing and torch.is_grad_enabled()
@@ -77,9 +79,10 @@ class Direct256(nn.Module):
     def load_stage1_state_dict(self, state_dict: Mapping[str, Tensor]) -> None:
         """Copy a stage-1 :class:`XRay2CT64` state dict's ``encoder.*`` and ``transformer.*`` weights.
 
-        Raises if any of those weights is missing or has a different shape (configs must match).
+        Raises if any of those weights is missing, unknown or has a different shape (configs must match).
         """
         wanted = {k: v for k, v in state_dict.items() if k.startswith(("encoder.", "transformer."))}
+        refuse_foreign_keys(self, wanted, "")  # weights of an older layout: say so before "lacks" below
         own = {k for k in self.state_dict() if k.startswith(("encoder.", "transformer."))}
         missing = sorted(own - set(wanted))
         if missing:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ctpipe.models.layout import guard_layout
 from ctpipe.models.xray2ct import check_xray_shape
 from ctpipe.ops.drr import DEFAULT_IMAGE_GAIN
 
@@ -98,7 +99,8 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 def _conv3d(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), _norm(cout), nn.SiLU())
+    """Conv (no bias: the norm right after it removes it), GroupNorm, SiLU."""
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), _norm(cout), nn.SiLU())
 
 
 def _double3d(cin: int, cout: int) -> nn.Sequential:
@@ -138,7 +140,7 @@ class _ViewEncoder(nn.Module):
         layers: list[nn.Module] = []
         previous = 1
         for _ in range(depth):
-            layers += [nn.Conv2d(previous, width, 3, padding=1), _norm(width), nn.SiLU()]
+            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), _norm(width), nn.SiLU()]
             previous = width
         layers.append(nn.Conv2d(previous, out_channels, 1))
         self.net = nn.Sequential(*layers)
@@ -197,6 +199,7 @@ class LiftCT(nn.Module):
         self.register_buffer("bank_xrays", torch.zeros(0, config.n_views * config.xray_size**2))
         self.register_buffer("bank_volumes", torch.zeros(0, 1, s, s, s))
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+        guard_layout(self)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("bank_xrays", "bank_volumes"):  # the bank's size is the checkpoint's

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ctpipe.models.layout import guard_layout
 from ctpipe.models.pixel_shuffle3d import PixelShuffle3D
 from ctpipe.models.xray2ct import group_norm
 
@@ -64,15 +65,15 @@ class SqueezeExcitation3D(nn.Module):
 
 
 class SEResBlock3D(nn.Module):
-    """x + SE(conv-norm-act-conv-norm(x))."""
+    """x + SE(conv-norm-act-conv-norm(x)); the convs have no bias (the norm after each removes it)."""
 
     def __init__(self, channels: int, reduction: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(channels, channels, 3, padding=1),
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
             group_norm(channels),
             nn.SiLU(),
-            nn.Conv3d(channels, channels, 3, padding=1),
+            nn.Conv3d(channels, channels, 3, padding=1, bias=False),
             group_norm(channels),
             SqueezeExcitation3D(channels, reduction),
         )
@@ -127,6 +128,7 @@ class Refine256(nn.Module):
         self.up4 = SubPixelUp3D(c2, c4)
         self.blocks4 = nn.ModuleList([SEResBlock3D(c4, r) for _ in range(b4)])
         self.heads = nn.ModuleList([zero_head(c1), zero_head(c2), zero_head(c4)])
+        guard_layout(self)
 
     def forward(self, volume: Tensor) -> dict[int, Tensor]:
         n = self.config.input_size

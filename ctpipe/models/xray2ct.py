@@ -23,6 +23,11 @@ The output goes through a **sigmoid**, so it lies in (0, 1) like the targets (HU
 Input: ``(B, n_views, xray_size, xray_size)`` with views in the order (frontal, lateral), values in
 [0, 1] (see :func:`ctpipe.ops.drr.drr_to_image`). Output: ``(B, 1, volume_size, volume_size,
 volume_size)`` in RAS axis order (the order the targets are stored in).
+
+The convolutions directly followed by a GroupNorm have no bias and the attention has no key bias: the
+softmax removes a shift of a query's logits, a GroupNorm with one channel per group a shift of its
+channel, so such a parameter's gradient is zero by construction, and Adam would turn its rounding noise
+into lr-sized steps (a DDP run would drift from a one-process run of the same global batch).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from ctpipe.models.layout import guard_layout
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def check_xray_shape(xray: Tensor, n_views: int, size: int, who: str) -> None:
 
 
 class _Encoder2D(nn.Module):
-    """Stride-2 conv stages: (B, 1, S, S) -> (B, C_last, S / 2^n, S / 2^n)."""
+    """Stride-2 conv stages: (B, 1, S, S) -> (B, C_last, S / 2^n, S / 2^n); no conv bias before a norm."""
 
     def __init__(self, channels: tuple[int, ...]) -> None:
         super().__init__()
@@ -113,10 +120,10 @@ class _Encoder2D(nn.Module):
         previous = 1
         for width in channels:
             layers += [
-                nn.Conv2d(previous, width, 3, stride=2, padding=1),
+                nn.Conv2d(previous, width, 3, stride=2, padding=1, bias=False),
                 group_norm(width),
                 nn.SiLU(),
-                nn.Conv2d(width, width, 3, padding=1),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
                 group_norm(width),
                 nn.SiLU(),
             ]
@@ -158,14 +165,18 @@ class XRayEncoder(nn.Module):
 
 # ---- transformer ---------------------------------------------------------------------------------
 class Attention(nn.Module):
-    """Multi-head attention (self when ``context`` is None, else cross) via scaled_dot_product_attention."""
+    """Multi-head attention (self when ``context`` is None, else cross) via scaled_dot_product_attention.
+
+    The key projection has no bias: it would shift every logit of a query by the same amount, which the
+    softmax removes (its gradient is exactly zero)."""
 
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.dropout = dropout
         self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -173,7 +184,8 @@ class Attention(nn.Module):
         batch, n, dim = x.shape
         heads, head_dim = self.num_heads, dim // self.num_heads
         q = self.q(x).reshape(batch, n, heads, head_dim).transpose(1, 2)
-        k, v = self.kv(context).reshape(batch, context.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        k = self.k(context).reshape(batch, context.shape[1], heads, head_dim).transpose(1, 2)
+        v = self.v(context).reshape(batch, context.shape[1], heads, head_dim).transpose(1, 2)
         attended = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(attended.transpose(1, 2).reshape(batch, n, dim))
 
@@ -227,15 +239,15 @@ class VolumeTransformer(nn.Module):
 
 # ---- decoder -------------------------------------------------------------------------------------
 class UpBlock3D(nn.Module):
-    """Stride-2 transposed conv, then a 3^3 conv; GroupNorm + SiLU after each."""
+    """Stride-2 transposed conv, then a 3^3 conv; GroupNorm + SiLU after each (so neither conv has a bias)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2),
+            nn.ConvTranspose3d(in_channels, out_channels, 2, stride=2, bias=False),
             group_norm(out_channels),
             nn.SiLU(),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
             group_norm(out_channels),
             nn.SiLU(),
         )
@@ -268,6 +280,7 @@ class XRay2CT64(nn.Module):
         self.encoder = XRayEncoder(config)
         self.transformer = VolumeTransformer(config)
         self.decoder = VolumeDecoder(config.embed_dim, config.decoder_channels)
+        guard_layout(self)
 
     def features(self, xray: Tensor) -> Tensor:
         """The transformer's token grid ``(B, embed_dim, g, g, g)`` (shared with Direct256)."""

@@ -272,6 +272,39 @@ def read_events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
 
 
+INTERRUPTIONS: dict[str, tuple[str, ...]] = {
+    "usr2": ("scancel", "--signal=USR2"),  # what --signal=USR2@120 sends before the time limit
+    "requeue": ("scontrol", "requeue"),  # SLURM ends every task with SIGTERM, then starts the job again
+}
+
+
+def wait_interrupted(cluster: SlurmCluster, jobs: Mapping[str, str], run_root: Path, start_timeout: float,
+                     job_timeout: float) -> dict[str, object]:
+    """Wait for every job of ``jobs`` (run name -> job id) at once; a job whose name is a key of INTERRUPTIONS is
+    interrupted that way once ``run_root/<name>`` has logged its first epoch. Returns run name -> the job's
+    final state, or the exception that ended the waiting for it."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def drive(name: str) -> None:
+        try:
+            if name in INTERRUPTIONS:
+                wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_root / name)),
+                         start_timeout, f"{name}: the first epoch")
+                cluster.run(*INTERRUPTIONS[name], jobs[name])
+            out[name] = cluster.wait(jobs[name], job_timeout)
+        except BaseException as err:
+            out[name] = err
+
+    threads = [threading.Thread(target=drive, args=(name,), daemon=True) for name in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(start_timeout + job_timeout + 60)
+    return out
+
+
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     """Two run folders hold the same training: history.csv byte for byte, every weight of latest.pt bit for bit."""
     import torch

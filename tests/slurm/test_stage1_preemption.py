@@ -6,13 +6,12 @@ weights identical to an uninterrupted run of the same script (all three jobs: ``
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from tests.slurm.conftest import (SlurmCluster, assert_same_run, make_checkout, read_events, sacct_attempts,
-                                 wait_for)
+                                 wait_interrupted)
 
 EPOCHS = 30
 ARGS = (f"train.epochs={EPOCHS}", "train.early_stopping_patience=null", "train.max_steps_per_epoch=2")
@@ -31,28 +30,8 @@ def runs(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) 
     env = {"CTPIPE_RUNS": "runs", "XRAY2CT_SHARDS": str(shards), "PRESET": "cpu-tiny"}
     jobs = {name: slurm_cluster.sbatch("sbatch/stage1_64.sh", "--cpus-per-task=1", env={**env, "RUN_NAME": name},
                                        cwd=repo, script_args=ARGS) for name in SCENARIOS}
-    out: dict[str, object] = {"repo": repo, "jobs": jobs}
-
-    def drive(name: str) -> None:
-        run_dir = repo / "runs" / "stage1_64" / name
-        try:
-            if name != "uninterrupted":
-                wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_dir)), START_TIMEOUT_S,
-                         f"{name}: the first epoch")
-                if name == "usr2":
-                    slurm_cluster.run("scancel", "--signal=USR2", jobs[name])
-                else:
-                    slurm_cluster.run("scontrol", "requeue", jobs[name])
-            out[name] = slurm_cluster.wait(jobs[name], JOB_TIMEOUT_S)
-        except BaseException as err:
-            out[name] = err
-
-    threads = [threading.Thread(target=drive, args=(n,), daemon=True) for n in SCENARIOS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
-    return out
+    states = wait_interrupted(slurm_cluster, jobs, repo / "runs" / "stage1_64", START_TIMEOUT_S, JOB_TIMEOUT_S)
+    return {"repo": repo, "jobs": jobs, **states}
 
 
 def _log(repo: Path, job: str) -> str:
