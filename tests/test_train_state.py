@@ -125,3 +125,14 @@ def test_a_task_without_a_member_of_the_contract_is_refused(tmp_path):
     del task.fingerprint
     with pytest.raises(TaskContractError, match="ToyTask lacks.*fingerprint"):
         Trainer(task, SETTINGS, tmp_path, torch.device("cpu"), progress=False)
+
+
+def test_run_settings_of_a_stage_config_are_its_train_scheduler_and_loader_sections():
+    from ctpipe.config import build_config, to_dict
+    from ctpipe.stages.fbp_window import FBPWindowConfig
+
+    cfg = build_config(FBPWindowConfig, {}, ["data.batch_size=3", "data.num_workers=2", "scheduler.name=cosine"])
+    settings = RunSettings.of(cfg)
+    assert (settings.train, settings.scheduler, settings.batch_size, settings.num_workers) == (
+        cfg.train, cfg.scheduler, 3, 2)
+    assert settings.record == to_dict(cfg)
