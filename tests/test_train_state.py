@@ -42,7 +42,8 @@ def interrupted_at(run_dir, step):
 
 
 def old_shape(saved, keys):
-    return {**{k: saved[k] for k in keys}, "rank_states": [{k: r[k] for k in OLD_RANK_KEYS} for r in saved["rank_states"]]}
+    ranks = [{k: r[k] for k in OLD_RANK_KEYS} for r in saved["rank_states"]]
+    return {**{k: saved[k] for k in keys}, "rank_states": ranks}
 
 
 @pytest.mark.parametrize("keys", [OLD_STATE_KEYS + OLD_OBJECT_KEYS + LATER_KEYS, OLD_STATE_KEYS + OLD_OBJECT_KEYS],
