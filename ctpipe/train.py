@@ -45,8 +45,9 @@ from ctpipe.tensorboard_log import open_tensorboard
 from ctpipe.train_state import RankState, TrainState
 
 # the trainer's public names, some defined in the modules it is built from (callers import them from here)
-__all__ = ["ConfigMismatchError", "FitResult", "NonFiniteLossError", "NondeterministicOpError", "RunSettings",
-           "StopFlag", "Trainer", "TrainStepper", "collate", "configure_determinism", "seed_everything"]
+__all__ = ["ConfigMismatchError", "FitResult", "NonFiniteLossError", "NondeterministicOpError", "ResumableSampler",
+           "RunSettings", "StopFlag", "Task", "Trainer", "TrainStepper", "collate", "configure_determinism",
+           "seed_everything"]
 
 log = logging.getLogger(__name__)
 
