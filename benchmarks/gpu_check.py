@@ -108,7 +108,7 @@ def one_rank_worker(run_dir: str) -> dict[str, Any]:
     """In a fresh process (RANK=0, WORLD_SIZE=1): the toy task through DDP and every collective."""
     from ctpipe import distributed as dist_utils
     from ctpipe.config import SchedulerConfig, TrainConfig
-    from ctpipe.train import Trainer
+    from ctpipe.train import RunSettings, Trainer
     from tests.toy_task import ToyTask
 
     cuda = os.environ.get("CTPIPE_GPU_CHECK_DEVICE") == "cuda"
@@ -123,11 +123,12 @@ def one_rank_worker(run_dir: str) -> dict[str, Any]:
     cfg = TrainConfig(epochs=2, seed=1, early_stopping_patience=None, log_every=1000, checkpoint_interval_s=0.0,
                       device="cuda" if cuda else "cpu")
     task = ToyTask(n_train=24)
-    trainer = Trainer(task, cfg, SchedulerConfig(name="cosine"), run_dir, device, env, batch_size=4, progress=False)
+    settings = RunSettings(cfg, SchedulerConfig(name="cosine"), batch_size=4)
+    trainer = Trainer(task, settings, run_dir, device, env, progress=False)
     wrapped = type(trainer.train_modules["model"]).__name__
     first = trainer.fit()
-    resumed = Trainer(ToyTask(n_train=24), dataclasses.replace(cfg, epochs=3), SchedulerConfig(name="cosine"),
-                      run_dir, device, env, batch_size=4, progress=False)
+    resumed = Trainer(ToyTask(n_train=24), dataclasses.replace(settings, train=dataclasses.replace(cfg, epochs=3)),
+                      run_dir, device, env, progress=False)
     second = resumed.fit()
     val = resumed.evaluate(task.val_set)
     dist_utils.barrier()

@@ -6,7 +6,7 @@ Run: ``python -m benchmarks.pix2pix`` (``--side``, ``--batch``, ``--steps``, ``-
 * writes 3 synthetic phase pairs at ``side`` x ``side`` (4 slices each) and preps them into a shard set in a
   temporary folder, so the task is built exactly as ``ctpipe train pix2pix_phase`` builds it;
 * builds :class:`ctpipe.stages.pix2pix_phase.Pix2PixPhaseTask` from the packaged config (the seeds' settings:
-  unet_512, instance norm, batch 4, Adam 1e-4 / beta1 0.5, lambda_L1 50) and the trainer's ``Stepper``
+  unet_512, instance norm, batch 4, Adam 1e-4 / beta1 0.5, lambda_L1 50) and the trainer's ``TrainStepper``
   (AMP autocast: ``--amp bf16`` is the default on CUDA, none on CPU);
 * times ``task.train_step`` (G forward, D step, G step against the updated D) on one resident batch, after
   one warm-up step, with the device synchronised around every step (median of ``--steps``).
@@ -69,7 +69,7 @@ def build_task(shards: Path, config: Pix2PixBenchConfig, device: torch.device, a
     from ctpipe.runner import stage_config_path
     from ctpipe.schedules import EpochScheduler
     from ctpipe.stages.pix2pix_phase import Pix2PixPhaseConfig, Pix2PixPhaseTask
-    from ctpipe.train import Stepper
+    from ctpipe.train import TrainStepper
 
     cfg = build_config(Pix2PixPhaseConfig, load_json(stage_config_path("pix2pix_phase")),
                        [f"data.root={shards}", f"data.batch_size={config.batch}", f"model.generator={config.generator}",
@@ -78,7 +78,7 @@ def build_task(shards: Path, config: Pix2PixBenchConfig, device: torch.device, a
     for module in task.modules.values():
         module.to(device).train()
     schedulers = {name: EpochScheduler(opt, cfg.scheduler, cfg.train.epochs, 1) for name, opt in task.optimizers.items()}
-    return task, Stepper(cfg.train, device, task.optimizers, schedulers, task.modules)
+    return task, TrainStepper(cfg.train, device, task.optimizers, schedulers, task.modules)
 
 
 def resident_batch(task, batch: int, device: torch.device) -> dict[str, torch.Tensor]:

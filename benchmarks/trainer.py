@@ -45,14 +45,14 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def checkpoint_io(device: torch.device) -> dict[str, float]:
-    from ctpipe.train import Trainer
+    from ctpipe.train import RunSettings, Trainer
 
     task = _StepTask(device, batch=1)
     step = lambda: _train_step(task)  # noqa: E731
     step()  # creates the Adam state so the checkpoint is complete
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, TrainConfig(epochs=1), SchedulerConfig(name="cosine"), tmp, device, batch_size=1,
-                          progress=False)
+        settings = RunSettings(TrainConfig(epochs=1), SchedulerConfig(name="cosine"), batch_size=1)
+        trainer = Trainer(task, settings, tmp, device, progress=False)
         save_s = _median_time(lambda: trainer.save("latest"), 3)
         path = Path(tmp) / "checkpoints" / ckpt.LATEST
         load_s = _median_time(lambda: ckpt.load_checkpoint(path), 3)

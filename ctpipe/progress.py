@@ -8,6 +8,7 @@ command's stdout (e.g. ``--json``) stays machine-readable.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -129,3 +130,35 @@ def track(items: Iterable[T], desc: str, unit: str = "items", total: int | None 
         for item in items:
             yield item
             progress.update()
+
+
+class RateLog:
+    """Decides when a progress line is due (every ``every`` items, and at least every ``interval_s`` seconds)
+    and formats rate and ETA, so batch logs are never silent for long on slow steps."""
+
+    def __init__(self, total: int, done: int, every: int, interval_s: float) -> None:
+        self.total, self.start_done, self.done = total, done, done
+        self.every, self.interval_s = max(every, 1), interval_s
+        self.start = self.last = time.monotonic()
+
+    def step(self, n: int = 1) -> bool:
+        """Count ``n`` items; True when a line is due."""
+        self.done += n
+        now = time.monotonic()
+        due = self.done % self.every == 0 or now - self.last >= self.interval_s
+        if due:
+            self.last = now
+        return due
+
+    def rate_eta(self) -> str:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = (self.done - self.start_done) / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        return f"{rate:.3g} it/s eta {_hms(eta)}"
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(seconds, 0.0)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -24,7 +24,7 @@ from ctpipe.paths import stage_configs_dir
 from ctpipe.runlock import RunLock, RunLockedError
 from ctpipe.stages import get_stage
 from ctpipe.checkpoint import archive_run
-from ctpipe.train import (ConfigMismatchError, FitResult, NonFiniteLossError, StopFlag, Trainer,
+from ctpipe.train import (ConfigMismatchError, FitResult, NonFiniteLossError, RunSettings, StopFlag, Trainer,
                           configure_determinism, seed_everything)
 
 log = logging.getLogger(__name__)
@@ -310,9 +310,7 @@ def _run_locked(spec: Any, cfg: Any, run_dir: Path, device: torch.device, env: A
     seed_everything(cfg.train.seed)
     task = spec.build_task(cfg, env, device)
     add_data_identity(task, cfg)
-    trainer = _RunTrainer(task, cfg.train, cfg.scheduler, run_dir, device, env, stop_flag,
-                          config_dict=to_dict(cfg), force_resume=force_resume,
-                          batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers)
+    trainer = _RunTrainer(task, RunSettings.of(cfg), run_dir, device, env, stop_flag, force_resume=force_resume)
 
     written: list[bool] = []
 
@@ -336,8 +334,8 @@ def _run_locked(spec: Any, cfg: Any, run_dir: Path, device: torch.device, env: A
         except NonFiniteLossError as err:
             state = trainer.state
             raise TrainingDivergedError(
-                f"{run_dir}: {err} at epoch {state['epoch'] + 1}, step {state['step_in_epoch'] + 1} (global step "
-                f"{state['global_step'] + 1}); earlier checkpoints are kept. Lower optim.lr, set train.grad_clip or "
+                f"{run_dir}: {err} at epoch {state.epoch + 1}, step {state.step_in_epoch + 1} (global step "
+                f"{state.global_step + 1}); earlier checkpoints are kept. Lower optim.lr, set train.grad_clip or "
                 "check the data, then resume with those settings and --force-resume, or use a new --run-dir") from None
     write_config()  # no-op when the resume check already wrote it (the trainer always checks first)
     status = result.status

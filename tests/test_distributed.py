@@ -14,7 +14,7 @@ from torch.utils.data import Subset
 from ctpipe import distributed as dist_utils
 from ctpipe.config import build_config
 from ctpipe.stages.fbp_window import FBPWindowConfig, FBPWindowTask
-from ctpipe.train import Trainer
+from ctpipe.train import RunSettings, Trainer
 
 
 def _free_port() -> int:
@@ -34,7 +34,7 @@ def _evaluate(root: Path, run_dir: Path, rank: int, world: int, port: int, out: 
     task = FBPWindowTask(cfg, env, device)
     with torch.no_grad():  # a non-trivial window, the same on every rank
         task.model.window.coefficients[2] = 0.05
-    trainer = Trainer(task, cfg.train, cfg.scheduler, run_dir, device, env, batch_size=5, progress=False)
+    trainer = Trainer(task, RunSettings(cfg.train, cfg.scheduler, batch_size=5), run_dir, device, env, progress=False)
     # 7 samples: the ranks get 4 and 3, so a mean of per-rank means (or DistributedSampler-style padding)
     # would differ from the 1-rank value
     result = trainer.evaluate(Subset(task.train_set, range(7)))

@@ -24,7 +24,7 @@ from torch import nn
 from ctpipe import distributed as dist_utils
 from ctpipe.checkpoint import LATEST, load_checkpoint
 from ctpipe.config import SchedulerConfig, TrainConfig
-from ctpipe.train import NonFiniteLossError, StopFlag, Trainer
+from ctpipe.train import NonFiniteLossError, RunSettings, StopFlag, Trainer
 from tests.toy_task import ToyTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,8 +73,8 @@ CFG = TrainConfig(epochs=2, seed=4, early_stopping_patience=None, log_every=1000
 
 
 def _trainer(run_dir: str, task, env, cfg=CFG) -> Trainer:
-    return Trainer(task, cfg, SchedulerConfig(name="cosine"), run_dir, torch.device("cpu"), env, StopFlag(),
-                   batch_size=4, config_dict={"toy": True}, progress=False)
+    settings = RunSettings(cfg, SchedulerConfig(name="cosine"), batch_size=4, record={"toy": True})
+    return Trainer(task, settings, run_dir, torch.device("cpu"), env, StopFlag(), progress=False)
 
 
 # ---- item 1: one backend per device type ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch import nn
 
 from ctpipe import checkpoint as ckpt
 from ctpipe.config import SchedulerConfig, TrainConfig
-from ctpipe.train import (ConfigMismatchError, NondeterministicOpError, RunFolderError, Trainer,
+from ctpipe.train import (ConfigMismatchError, NondeterministicOpError, RunFolderError, RunSettings, Trainer,
                           configure_determinism)
 from tests.toy_task import ToyTask
 
@@ -23,8 +23,8 @@ SCHED = SchedulerConfig(name="cosine")
 
 
 def make_trainer(run_dir, task=None, cfg=CFG):
-    return Trainer(task or ToyTask(), cfg, SCHED, run_dir, torch.device("cpu"), batch_size=6,
-                   config_dict={"toy": True}, progress=False)
+    return Trainer(task or ToyTask(), RunSettings(cfg, SCHED, batch_size=6, record={"toy": True}), run_dir,
+                   torch.device("cpu"), progress=False)
 
 
 def with_(cfg: TrainConfig, **changes) -> TrainConfig:
@@ -46,7 +46,7 @@ def test_resume_reads_only_the_newest_readable_checkpoint(tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "load", counting_load)
     trainer = make_trainer(tmp_path, cfg=with_(CFG, epochs=3))
     assert trainer.resume() == ckpt_dir / ckpt.LATEST
-    assert loaded == ["latest.pt"] and trainer.state["epoch"] == 2
+    assert loaded == ["latest.pt"] and trainer.state.epoch == 2
     # a damaged latest.pt costs one more read, not all of them
     data = (ckpt_dir / ckpt.LATEST).read_bytes()
     (ckpt_dir / ckpt.LATEST).write_bytes(data[: len(data) // 2])
@@ -193,7 +193,7 @@ def test_training_and_evaluation_log_rate_and_eta_on_slow_steps(tmp_path, caplog
     task.eval_step = eval_step
     cfg = with_(CFG, epochs=1, log_every=10_000, log_interval_s=0.1, checkpoint_every=0)
     with caplog.at_level(logging.INFO, logger="ctpipe.train"):
-        Trainer(task, cfg, SCHED, tmp_path, torch.device("cpu"), batch_size=3, progress=False).fit()
+        Trainer(task, RunSettings(cfg, SCHED, batch_size=3), tmp_path, torch.device("cpu"), progress=False).fit()
     steps = [r.getMessage() for r in caplog.records if "step" in r.getMessage() and "eta" in r.getMessage()]
     evals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evaluating batch")]
     assert len(steps) >= 4 and "samples/s" in steps[0] and "eta 0:00:0" in steps[0]
@@ -211,7 +211,7 @@ def test_cuda_deterministic_resume_is_bit_identical(tmp_path):
     def run(run_dir, stop_at=None):
         flag = StopFlag()
         task = ToyTask(on_step=(lambda n: flag.set("test") if n == stop_at else None))
-        trainer = Trainer(task, cfg, SCHED, run_dir, device, stop_flag=flag, batch_size=6, progress=False)
+        trainer = Trainer(task, RunSettings(cfg, SCHED, batch_size=6), run_dir, device, stop_flag=flag, progress=False)
         return trainer.fit(), task
 
     configure_determinism(True)

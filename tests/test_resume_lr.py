@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctpipe.config import SchedulerConfig, TrainConfig
-from ctpipe.train import ConfigMismatchError, Trainer
+from ctpipe.train import ConfigMismatchError, RunSettings, Trainer
 from tests.toy_task import ToyTask
 
 CFG = TrainConfig(epochs=4, seed=3, early_stopping_patience=None, log_every=1000, checkpoint_interval_s=1e9)
@@ -23,8 +23,8 @@ SCHEDULES = {
 
 def fit(run_dir, lr, sched, epochs, force_resume=False):
     cfg = TrainConfig(**{**CFG.__dict__, "epochs": 4, "segment_epochs": epochs})
-    trainer = Trainer(ToyTask(lr=lr), cfg, sched, run_dir, torch.device("cpu"), batch_size=6,
-                      config_dict={"toy": True}, force_resume=force_resume, progress=False)
+    trainer = Trainer(ToyTask(lr=lr), RunSettings(cfg, sched, batch_size=6, record={"toy": True}), run_dir,
+                      torch.device("cpu"), force_resume=force_resume, progress=False)
     return trainer, trainer.fit()
 
 

@@ -52,11 +52,11 @@ def test_the_trainer_logs_steps_and_epochs_when_switched_on(tmp_path: Path) -> N
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ctpipe.config import SchedulerConfig
-    from ctpipe.train import Trainer
+    from ctpipe.train import RunSettings, Trainer
     from tests.toy_task import ToyTask
 
     cfg = TrainConfig(epochs=2, log_every=3, tensorboard=True, early_stopping_patience=None)
-    Trainer(ToyTask(), cfg, SchedulerConfig(name="none"), tmp_path, torch.device("cpu"), batch_size=6,
+    Trainer(ToyTask(), RunSettings(cfg, SchedulerConfig(name="none"), batch_size=6), tmp_path, torch.device("cpu"),
             progress=False).fit()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
     events.Reload()
@@ -64,8 +64,8 @@ def test_the_trainer_logs_steps_and_epochs_when_switched_on(tmp_path: Path) -> N
     assert len(steps) == 4 and steps == sorted(set(steps)) and steps[-1] <= 14  # 7 steps per epoch
     assert [e.step for e in events.Scalars("epoch/val_loss")] == [1, 2]
     off = tmp_path / "off"
-    Trainer(ToyTask(), TrainConfig(epochs=1), SchedulerConfig(name="none"), off, torch.device("cpu"),
-            batch_size=6, progress=False).fit()
+    Trainer(ToyTask(), RunSettings(TrainConfig(epochs=1), SchedulerConfig(name="none"), batch_size=6), off,
+            torch.device("cpu"), progress=False).fit()
     assert not (off / "tb").exists()
 
 
@@ -74,7 +74,7 @@ def test_example_images_do_not_change_the_training(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ctpipe.config import SchedulerConfig
-    from ctpipe.train import Trainer
+    from ctpipe.train import RunSettings, Trainer
     from tests.toy_task import ToyTask
 
     class Pictured(ToyTask):
@@ -84,8 +84,8 @@ def test_example_images_do_not_change_the_training(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=2, tensorboard=True, early_stopping_patience=None)
     tasks = {"plain": ToyTask(), "pictured": Pictured()}
     for name, task in tasks.items():
-        Trainer(task, cfg, SchedulerConfig(name="none"), tmp_path / name, torch.device("cpu"), batch_size=6,
-                progress=False).fit()
+        Trainer(task, RunSettings(cfg, SchedulerConfig(name="none"), batch_size=6), tmp_path / name,
+                torch.device("cpu"), progress=False).fit()
     for key, value in tasks["plain"].model.state_dict().items():
         assert torch.equal(value, tasks["pictured"].model.state_dict()[key]), key
     events = EventAccumulator(str(tmp_path / "pictured" / "tb"), size_guidance={"images": 0})

@@ -9,7 +9,8 @@ import torch
 
 from ctpipe.checkpoint import LATEST, PREVIOUS, load_checkpoint
 from ctpipe.config import SchedulerConfig, TrainConfig
-from ctpipe.train import ConfigMismatchError, NonFiniteLossError, ResumableSampler, StopFlag, Trainer
+from ctpipe.sampler import ResumableSampler
+from ctpipe.train import ConfigMismatchError, NonFiniteLossError, RunSettings, StopFlag, Trainer
 from tests.toy_task import ToyTask
 
 CFG = TrainConfig(epochs=4, seed=3, early_stopping_patience=None, log_every=1000, checkpoint_interval_s=1e9)
@@ -18,8 +19,8 @@ SCHED = SchedulerConfig(name="plateau", patience=0, factor=0.5)
 
 def make_trainer(run_dir, task=None, cfg=CFG, sched=SCHED, flag=None):
     task = task or ToyTask()
-    return Trainer(task, cfg, sched, run_dir, torch.device("cpu"), stop_flag=flag, batch_size=6,
-                   config_dict={"toy": True}, progress=False)
+    return Trainer(task, RunSettings(cfg, sched, batch_size=6, record={"toy": True}), run_dir, torch.device("cpu"),
+                   stop_flag=flag, progress=False)
 
 
 def weights(task):
@@ -64,7 +65,7 @@ def test_resume_falls_back_when_latest_is_truncated(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         path = trainer.resume()
     assert path == ckpt_dir / PREVIOUS
-    assert trainer.state["global_step"] == prev_step
+    assert trainer.state.global_step == prev_step
     assert "latest.pt" in caplog.text and "unreadable" in caplog.text
 
 
@@ -82,8 +83,8 @@ def test_resume_with_changed_model_config_is_refused(tmp_path):
     make_trainer(tmp_path, cfg=TrainConfig(**{**CFG.__dict__, "epochs": 1})).fit()
     with pytest.raises(ConfigMismatchError, match="--force-resume"):
         make_trainer(tmp_path, ToyTask(lr=0.5)).fit()
-    trainer = Trainer(ToyTask(lr=0.5), CFG, SCHED, tmp_path, torch.device("cpu"), force_resume=True, batch_size=6,
-                      progress=False)
+    trainer = Trainer(ToyTask(lr=0.5), RunSettings(CFG, SCHED, batch_size=6), tmp_path, torch.device("cpu"),
+                      force_resume=True, progress=False)
     assert trainer.fit().status == "completed"
 
 

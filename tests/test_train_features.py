@@ -9,7 +9,7 @@ import torch
 
 from ctpipe.config import SchedulerConfig, TrainConfig
 from ctpipe.schedules import linear_decay_factor
-from ctpipe.train import Trainer
+from ctpipe.train import RunSettings, Trainer
 from tests.toy_task import ToyTask
 
 BASE = dict(epochs=2, seed=1, early_stopping_patience=None, log_every=1000, checkpoint_interval_s=1e9)
@@ -18,7 +18,7 @@ BASE = dict(epochs=2, seed=1, early_stopping_patience=None, log_every=1000, chec
 def fit(tmp_path, name, batch_size, sched=SchedulerConfig(name="none"), **train):
     task = ToyTask(n_train=36, dropout=0.0)
     cfg = TrainConfig(**{**BASE, **train})
-    Trainer(task, cfg, sched, tmp_path / name, torch.device("cpu"), batch_size=batch_size, progress=False).fit()
+    Trainer(task, RunSettings(cfg, sched, batch_size), tmp_path / name, torch.device("cpu"), progress=False).fit()
     return task
 
 

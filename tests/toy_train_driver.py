@@ -14,7 +14,7 @@ import torch
 
 from ctpipe import distributed as dist_utils
 from ctpipe.config import SchedulerConfig, TrainConfig
-from ctpipe.train import StopFlag, Trainer
+from ctpipe.train import RunSettings, StopFlag, Trainer
 from tests.toy_task import ToyTask
 
 
@@ -37,13 +37,13 @@ def main(run_dir: str, step_sleep: float) -> int:
         extra = ""
         if os.environ.get("CTPIPE_DEBUG_SUM"):
             extra = " " + repr(float(sum(p.double().sum() for p in task.model.parameters())))
-        say(f"STEP {holder['t'].state['global_step'] + 1} {env.rank}{extra}")
+        say(f"STEP {holder['t'].state.global_step + 1} {env.rank}{extra}")
         time.sleep(step_sleep)
 
     task = ToyTask(n_train=48, on_step=on_step)
     flag = StopFlag()
-    trainer = Trainer(task, cfg, SchedulerConfig(name="cosine"), run_dir, device, env, flag, batch_size=4,
-                      config_dict={"toy": True}, progress=False)
+    settings = RunSettings(cfg, SchedulerConfig(name="cosine"), batch_size=4, record={"toy": True})
+    trainer = Trainer(task, settings, run_dir, device, env, flag, progress=False)
     holder["t"] = trainer
     with flag.installed():
         result = trainer.fit()

@@ -25,7 +25,7 @@ from ctpipe.report import aggregate
 from ctpipe.runner import run_stage, stage_config_path
 from ctpipe.schedules import EpochScheduler
 from ctpipe.stages.fbp_unet import FBPUNetConfig, FBPUNetTask, load_window_checkpoint
-from ctpipe.train import Stepper, collate
+from ctpipe.train import TrainStepper, collate
 
 CPU = torch.device("cpu")
 PSNR = "psnr[range=1]"
@@ -78,7 +78,7 @@ def test_composite_loss_gradient_reaches_only_the_unet(shards: Path, exp1_run: P
     fbp_before = {k: v.clone() for k, v in task.fbp.state_dict().items()}
     unet_before = {k: v.clone() for k, v in task.unet.named_parameters()}
     schedulers = {"unet": EpochScheduler(task.optimizers["unet"], task.cfg.scheduler, 1, 1)}
-    stepper = Stepper(task.cfg.train, CPU, task.optimizers, schedulers, task.modules)
+    stepper = TrainStepper(task.cfg.train, CPU, task.optimizers, schedulers, task.modules)
     batch = collate([task.train_set[i] for i in range(4)])
     assert not task.fbp_image(batch["sinogram"]).requires_grad  # no backprojection graph is built
     task.unet.train()

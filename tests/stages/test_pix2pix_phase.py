@@ -230,7 +230,7 @@ def _ddp_worker(rank: int, world: int, root: str, run_dir: str, port: int, queue
 
     from ctpipe import distributed as dist_utils
     from ctpipe.stages.pix2pix_phase import Pix2PixPhaseTask
-    from ctpipe.train import Trainer
+    from ctpipe.train import RunSettings, Trainer
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
@@ -242,7 +242,7 @@ def _ddp_worker(rank: int, world: int, root: str, run_dir: str, port: int, queue
                                "scheduler.n_epochs_constant=1", "train.max_steps_per_epoch=3", "data.batch_size=2"])
     torch.manual_seed(0)  # identical initial weights (DDP also broadcasts rank 0's)
     task = Pix2PixPhaseTask(cfg, env, device)
-    trainer = Trainer(task, cfg.train, cfg.scheduler, run_dir, device, env, batch_size=2, progress=False)
+    trainer = Trainer(task, RunSettings(cfg.train, cfg.scheduler, batch_size=2), run_dir, device, env, progress=False)
     wrapped = trainer.stepper.module("D")
     result = trainer.fit()
     params = {f"{n}.{k}": v.detach().numpy().copy() for n, m in task.modules.items() for k, v in m.named_parameters()}
