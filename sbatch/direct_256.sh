@@ -10,7 +10,7 @@
 #
 # Environment (optional): RUN_NAME names the run folder $CTPIPE_RUNS/direct_256/$RUN_NAME (default "default"); the
 # folder, not the job id, identifies the run, so a requeued job resumes its latest.pt.  XRAY2CT_SHARDS: the shard
-# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default jobs/configs/direct_256.json).
+# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default ctpipe/configs/direct_256.json).
 # STAGE1_CHECKPOINT: initialise the encoder/transformer from these stage-1 weights (default: random init).
 # Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #

@@ -1,7 +1,7 @@
 """Issue 6 (stage ``stage1_64``): dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
 
 Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :mod:`ctpipe.losses3d`); the
-"enhanced" config (``jobs/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
+"enhanced" config (``ctpipe/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
 and (with local VGG16 weights) a slice-wise perceptual term. AdamW, cosine schedule, bf16 autocast on GPU,
 DDP through the trainer.
 
