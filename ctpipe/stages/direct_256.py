@@ -64,7 +64,8 @@ class Direct256StageConfig:
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
     scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
-    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", gradient_checkpointing=True, early_stopping_patience=None)
+    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", grad_clip=1.0, gradient_checkpointing=True,
+                                     early_stopping_patience=None, log_every=20)
 
 
 def tiny_direct_config(output_size: int) -> Direct256Config:

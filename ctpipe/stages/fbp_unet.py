@@ -74,12 +74,12 @@ class UNetModelConfig:
 class FBPUNetConfig:
     stage: Literal["fbp_unet"] = "fbp_unet"
     experiment: str = "exp4_fbp_unet"
-    data: DataConfig = DataConfig()
+    data: DataConfig = DataConfig(num_workers=4)
     model: UNetModelConfig = UNetModelConfig()
     loss: LossWeights = LossWeights(l1=1.0, ms_ssim=0.5, edge=0.1)
     optim: OptimConfig = OptimConfig(lr=1e-3)
     scheduler: SchedulerConfig = SchedulerConfig()
-    train: TrainConfig = TrainConfig(epochs=25, segment_epochs=5)
+    train: TrainConfig = TrainConfig(epochs=25, segment_epochs=5, early_stopping_patience=6, log_every=100)
 
 
 # ---- building blocks -------------------------------------------------------------------------------------

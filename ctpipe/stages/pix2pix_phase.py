@@ -58,6 +58,7 @@ class PhaseDataConfig(DataConfig):
     root: str = "data/phases/shards"
     batch_size: int = 4
     eval_batch_size: int = 8
+    num_workers: int = 4
     input_field: str = "input"
     target_field: str = "target"
 
@@ -80,16 +81,18 @@ class Pix2PixLossConfig:
     lambda_l1: float = 100.0
 
 
-PIX2PIX_ADAM = OptimConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
+# the source experiment (seeds/004): unet_512, instance norm, lambda_L1 50, Adam lr 1e-4 (betas 0.5, 0.999),
+# batch 4, 100 constant + 100 decaying epochs; the reference pix2pix values stay the model/loss classes' own
+PIX2PIX_ADAM = OptimConfig(name="adam", lr=1e-4, betas=(0.5, 0.999))
 
 
 @dataclasses.dataclass(frozen=True)
 class Pix2PixPhaseConfig:
     stage: Literal["pix2pix_phase"] = "pix2pix_phase"
-    experiment: str = "pix2pix_phase"
+    experiment: str = "pix2pix_phase_avg_to_phase0"
     data: PhaseDataConfig = PhaseDataConfig()
-    model: Pix2PixModelConfig = Pix2PixModelConfig()
-    loss: Pix2PixLossConfig = Pix2PixLossConfig()
+    model: Pix2PixModelConfig = Pix2PixModelConfig(generator="unet_512", norm="instance")
+    loss: Pix2PixLossConfig = Pix2PixLossConfig(lambda_l1=50.0)
     optim: OptimConfig = PIX2PIX_ADAM            # G (and D unless optim_d is given)
     optim_d: OptimConfig | None = None
     # pix2pix: n_epochs = scheduler.n_epochs_constant, n_epochs_decay = train.epochs - n_epochs_constant

@@ -70,7 +70,7 @@ class Refine256StageConfig:
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01)
     scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
-    train: TrainConfig = TrainConfig(epochs=50, amp="bf16", early_stopping_patience=None)
+    train: TrainConfig = TrainConfig(epochs=50, amp="bf16", grad_clip=1.0, early_stopping_patience=None, log_every=20)
 
 
 def resolve_refine_network(model: RefineModelConfig, input_size: int, gradient_checkpointing: bool) -> Refine256Config:
