@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 7 (stage direct_256): dual-view X-rays -> 256^3 CT end to end (Direct256), gradient checkpointing + bf16.
+# Stage direct_256: dual-view X-rays -> 256^3 CT end to end (XRay2CTProgressive), gradient checkpointing + bf16.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 7 (stage refine_256): a FROZEN stage-1 model's 64^3 output refined to 256^3 (Refine256), multi-scale loss.
+# Stage refine_256: a FROZEN stage-1 model's 64^3 output refined to 256^3 (ResidualUpsampler3D), multi-scale loss.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)

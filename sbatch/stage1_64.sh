@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 6 (stage stage1_64): dual-view X-rays -> 64^3 CT (hybrid ViT), L1 + 3D SSIM, AdamW + cosine, bf16.
+# Stage stage1_64: dual-view X-rays -> 64^3 CT (hybrid ViT), L1 + 3D SSIM, AdamW + cosine, bf16.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)

@@ -22,13 +22,10 @@ def _plain(value: Any) -> Any:
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+    """``{"a.b": leaf}`` for every leaf of a nested dict."""
+    pairs = ((f"{prefix}{key}", value) for key, value in tree.items())
+    return {k: v for key, value in pairs
+            for k, v in (_flatten(value, f"{key}.").items() if isinstance(value, Mapping) else [(key, value)])}
 
 
 def restated_defaults(raw: Mapping[str, Any]) -> list[str]:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
-from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
+from ctpipe.models.pix2pix import GENERATORS, UNetGenerator, UNetGeneratorConfig
 from ctpipe.progress import track
 from ctpipe.stages.base import Stage, write_eval_tables, write_examples
 
@@ -114,7 +114,7 @@ class Pix2PixPhaseConfig:
 
 
 # ---- networks ---------------------------------------------------------------------------------------------
-MIN_NUM_DOWNS = 5  # the pix2pix U-Net's shallowest layout (UNetConfig refuses fewer)
+MIN_NUM_DOWNS = 5  # the pix2pix U-Net's shallowest layout (UNetGeneratorConfig refuses fewer)
 
 
 def deepest_num_downs(side: Sequence[int]) -> int:
@@ -151,7 +151,7 @@ def resolve_num_downs(cfg: Pix2PixModelConfig, side: Sequence[int], where: str =
     return cfg.num_downs
 
 
-def generator_config(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetConfig:
+def generator_config(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetGeneratorConfig:
     """The U-Net for slices of ``side``: depth from :func:`resolve_num_downs`, widths/norm from ``cfg``."""
     return dataclasses.replace(GENERATORS[cfg.generator], num_downs=resolve_num_downs(cfg, side, where),
                                ngf=cfg.ngf, norm=cfg.norm, dropout=cfg.dropout)

@@ -1,4 +1,4 @@
-"""Issue 6 (stage ``stage1_64``): dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
+"""Stage ``stage1_64``: dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
 
 Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :mod:`ctpipe.losses3d`); the
 "enhanced" config (``ctpipe/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
@@ -27,7 +27,7 @@ import torch
 
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
-from ctpipe.models.refine256 import trilinear_baseline
+from ctpipe.models.residual_upsampler3d import trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,

@@ -11,11 +11,11 @@ import torch
 
 from ctpipe.config import build_config, load_json
 from ctpipe.distributed import DistEnv
+from ctpipe.paths import stage_configs_dir
 from ctpipe.report import aggregate
 from ctpipe.runner import run_stage
 from ctpipe.stages.direct_256 import Direct256StageConfig, Direct256Task, tiny_direct_config
 from ctpipe.stages.xray2ct_common import PSNR_COLUMN, load_stage1
-from ctpipe.paths import stage_configs_dir
 from tests.stages.test_stage1_64 import TINY, make_xray_shards
 
 

@@ -10,10 +10,10 @@ import torch
 
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.distributed import DistEnv
+from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
 from ctpipe.stages.refine_256 import Refine256StageConfig, Refine256Task
 from ctpipe.stages.xray2ct_common import PSNR_COLUMN, SSIM_COLUMN
-from ctpipe.paths import stage_configs_dir
 from tests.stages.test_stage1_64 import TINY, make_xray_shards, quick_stage1
 
 METRICS = [PSNR_COLUMN, SSIM_COLUMN, "mae", "mae_hu"]
