@@ -228,18 +228,21 @@ def _volume_output(out: Any) -> torch.Tensor:
 
 
 def step_cases(sizes: Sizes) -> list[StepCase]:
-    from ctpipe.models.direct256 import DIRECT256_TINY, Direct256, Direct256Config
     from ctpipe.models.memory import estimate_memory
     from ctpipe.models.pix2pix import build_generator
-    from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config
-    from ctpipe.models.unet2d import UNet2D, UNet2DConfig
+    from ctpipe.models.postprocessing_unet import PostProcessingUNet, PostProcessingUNetConfig
+    from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D,
+                                                    ResidualUpsampler3DConfig)
     from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
+    from ctpipe.models.xray2ct_progressive import XRAY2CT_PROGRESSIVE_TINY, XRay2CTProgressive, XRay2CTProgressiveConfig
 
     big = sizes.cuda
     x64 = XRay2CTConfig() if big else XRAY2CT_TINY
-    refine = dataclasses.replace(Refine256Config() if big else REFINE256_TINY, gradient_checkpointing=True)
-    direct = dataclasses.replace(Direct256Config() if big else DIRECT256_TINY, gradient_checkpointing=True)
-    unet2d = UNet2DConfig() if big else UNet2DConfig.tiny()
+    refine = dataclasses.replace(ResidualUpsampler3DConfig() if big else RESIDUAL_UPSAMPLER3D_TINY,
+                                 gradient_checkpointing=True)
+    direct = dataclasses.replace(XRay2CTProgressiveConfig() if big else XRAY2CT_PROGRESSIVE_TINY,
+                                 gradient_checkpointing=True)
+    unet2d = PostProcessingUNetConfig() if big else PostProcessingUNetConfig.tiny()
     b64, b256, b_pix, b_unet = (8, 2, 4, 4) if big else (2, 1, 1, 1)
     pix_side, unet_side = (512, 362) if big else (32, 32)
     pix_downs = {} if big else {"num_downs": 5, "ngf": 8}
@@ -251,15 +254,15 @@ def step_cases(sizes: Sizes) -> list[StepCase]:
         StepCase("stage1_64", lambda: XRay2CT64(x64), lambda b: torch.rand(b, x64.n_views, x64.xray_size,
                                                                            x64.xray_size), b64,
                  "2-3 samples/s on 4 A100 (64^3)", est(x64, b64)),
-        StepCase("refine_256", lambda: Refine256(refine), lambda b: torch.rand(b, 1, *(refine.input_size,) * 3), b256,
+        StepCase("refine_256", lambda: ResidualUpsampler3D(refine), lambda b: torch.rand(b, 1, *(refine.input_size,) * 3), b256,
                  "0.3-0.7 samples/s on 4 A100 (256^3)", est(refine, b256)),
-        StepCase("direct_256", lambda: Direct256(direct), lambda b: torch.rand(b, direct.backbone.n_views,
+        StepCase("direct_256", lambda: XRay2CTProgressive(direct), lambda b: torch.rand(b, direct.backbone.n_views,
                                                                               direct.backbone.xray_size,
                                                                               direct.backbone.xray_size), b256,
                  "0.3-0.7 samples/s on 4 A100 (256^3)", est(direct, b256)),
         StepCase("pix2pix_unet_512", lambda: build_generator("unet_512", **pix_downs),
                  lambda b: torch.rand(b, 1, pix_side, pix_side), b_pix, "about 4 samples/s on one GPU"),
-        StepCase("fbp_unet", lambda: UNet2D(unet2d), lambda b: torch.rand(b, 1, unet_side, unet_side), b_unet,
+        StepCase("fbp_unet", lambda: PostProcessingUNet(unet2d), lambda b: torch.rand(b, 1, unet_side, unet_side), b_unet,
                  "not given by the source"),
     ]
 

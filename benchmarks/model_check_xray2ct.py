@@ -1,7 +1,7 @@
 """Model check for the X-ray -> CT networks: forward/backward, loss, AMP, parameters, peak memory, step time.
 
-For each of stage1_64 (XRay2CT64 + the stage loss L1 + 0.5 (1 - SSIM3D)), refine_256 (Refine256 over a 64^3
-input, multi-scale L1 + 0.1 edge) and direct_256 (Direct256, gradient checkpointing, multi-scale L1 + 0.1 edge)
+For each of stage1_64 (XRay2CT64 + the stage loss L1 + 0.5 (1 - SSIM3D)), refine_256 (ResidualUpsampler3D over a 64^3
+input, multi-scale L1 + 0.1 edge) and direct_256 (XRay2CTProgressive, gradient checkpointing, multi-scale L1 + 0.1 edge)
 at batch 1 and 8: one training step (forward, loss, backward) in float32 and under autocast (bf16 on CUDA, bf16
 on CPU), the finite loss, the parameter count, the measured peak memory (CUDA: torch.cuda.max_memory_allocated;
 CPU: not measured, shown as "-") and the :func:`ctpipe.models.memory.estimate_memory` estimate. On CUDA the
@@ -21,10 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ctpipe.losses3d import ssim3d
-from ctpipe.models.direct256 import DIRECT256_TINY, Direct256, Direct256Config
 from ctpipe.models.memory import estimate_memory
-from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config
+from ctpipe.models.residual_upsampler3d import RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig, count_parameters
+from ctpipe.models.xray2ct_progressive import XRAY2CT_PROGRESSIVE_TINY, XRay2CTProgressive, XRay2CTProgressiveConfig
 from ctpipe.stages.xray2ct_common import VolumeLoss, VolumeLossConfig
 
 GIB = 1024**3
@@ -61,14 +61,14 @@ def _multiscale_loss(outputs: dict[int, Tensor]) -> Tensor:
 
 def cases(tiny: bool) -> list[Case]:
     stage1 = XRAY2CT_TINY if tiny else XRay2CTConfig()
-    refine = dataclasses.replace(REFINE256_TINY, input_size=16) if tiny else Refine256Config()
-    direct = DIRECT256_TINY if tiny else Direct256Config(gradient_checkpointing=True)
+    refine = dataclasses.replace(RESIDUAL_UPSAMPLER3D_TINY, input_size=16) if tiny else ResidualUpsampler3DConfig()
+    direct = XRAY2CT_PROGRESSIVE_TINY if tiny else XRay2CTProgressiveConfig(gradient_checkpointing=True)
     return [
         Case("stage1_64", stage1, XRay2CT64, _xray, lambda c, o: _stage1_loss(o)),  # type: ignore[arg-type]
-        Case("refine_256", refine, Refine256,  # type: ignore[arg-type]
+        Case("refine_256", refine, ResidualUpsampler3D,  # type: ignore[arg-type]
              lambda c, b, d: torch.rand(b, 1, c.input_size, c.input_size, c.input_size, device=d),  # type: ignore[attr-defined]
              lambda c, o: _multiscale_loss(o)),  # type: ignore[arg-type]
-        Case("direct_256", direct, Direct256, lambda c, b, d: _xray(c.backbone, b, d),  # type: ignore[arg-type,attr-defined]
+        Case("direct_256", direct, XRay2CTProgressive, lambda c, b, d: _xray(c.backbone, b, d),  # type: ignore[arg-type,attr-defined]
              lambda c, o: _multiscale_loss(o)),  # type: ignore[arg-type]
     ]
 

@@ -315,7 +315,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a stage in this process (resumes when --run-dir has a checkpoint)")
     p.add_argument("stage")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--config", default=None, help="config JSON (default: jobs/configs/<stage>.json)")
+    p.add_argument("--config", default=None, help="config JSON (default: ctpipe/configs/<stage>.json)")
     p.add_argument("--force-resume", action="store_true",
                    help="resume although settings or data changed (the change is recorded in events.jsonl)")
     p.add_argument("--restart", action="store_true",

@@ -1,5 +1,9 @@
 """Configuration: frozen dataclasses per stage, loaded from JSON, overridden by ``a.b=c`` arguments.
 
+One source of defaults: each stage's config dataclass holds its canonical settings (those of the source
+experiment it follows); a packaged file ``ctpipe/configs/<name>.json`` names its stage and lists only the
+settings it changes (``tests/test_config_sources.py`` fails when a file restates a default).
+
 Unknown keys and wrong types fail with a message that lists the valid keys / the expected type.
 """
 
@@ -24,7 +28,7 @@ class ConfigError(UserError, ValueError):
 # ---- shared building blocks ------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    root: str = "data/lodopab_small/shards"
+    root: str = "data/lodopab/shards"
     train_split: str = "train"
     val_split: str = "validation"
     test_split: str = "test"

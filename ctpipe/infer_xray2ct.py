@@ -172,11 +172,11 @@ def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, re
 
 def _direct_model(state: dict[str, Any], config: dict[str, Any], device: torch.device) -> torch.nn.Module:
     from ctpipe.config import from_dict
-    from ctpipe.models.direct256 import Direct256
+    from ctpipe.models.xray2ct_progressive import XRay2CTProgressive
     from ctpipe.stages.direct_256 import DirectModelConfig, resolve_direct_network
 
     model_cfg = from_dict(DirectModelConfig, config["model"], "checkpoint model")
-    model = Direct256(resolve_direct_network(model_cfg, trained_output_size(state), False))
+    model = XRay2CTProgressive(resolve_direct_network(model_cfg, trained_output_size(state), False))
     model.load_state_dict(state["models"]["model"])
     return model.to(device).eval()
 
@@ -190,7 +190,7 @@ def _refine_model(path: str | os.PathLike[str], input_size: int,
                   device: torch.device) -> tuple[torch.nn.Module, int]:
     from ctpipe.checkpoint import load_checkpoint
     from ctpipe.config import from_dict
-    from ctpipe.models.refine256 import Refine256
+    from ctpipe.models.residual_upsampler3d import ResidualUpsampler3D
     from ctpipe.stages.refine_256 import RefineModelConfig, resolve_refine_network
     from ctpipe.stages.xray2ct_common import checkpoint_config
 
@@ -199,7 +199,7 @@ def _refine_model(path: str | os.PathLike[str], input_size: int,
     if config.get("stage") != "refine_256":
         raise ValueError(f"--refine {path} is a {config.get('stage')!r} checkpoint; pass a refine_256 run's best.pt")
     model_cfg = from_dict(RefineModelConfig, config["model"], f"{path}: model")
-    model = Refine256(resolve_refine_network(model_cfg, input_size, False))
+    model = ResidualUpsampler3D(resolve_refine_network(model_cfg, input_size, False))
     model.load_state_dict(state["models"]["refine"])
     return model.to(device).eval(), trained_output_size(state)
 

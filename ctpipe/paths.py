@@ -25,7 +25,5 @@ def results_root() -> Path:
 
 
 def stage_configs_dir() -> Path:
-    """The packaged stage configurations ``jobs/configs/<stage>.json``."""
-    import jobs
-
-    return Path(jobs.__file__).resolve().parent / "configs"
+    """The packaged stage configurations ``ctpipe/configs/<config>.json`` (package data of ctpipe)."""
+    return PACKAGE_ROOT / "configs"

@@ -13,7 +13,7 @@
 #
 # Environment read by ctpipe_train_stage (all optional):
 #   RUN_NAME   run folder name (default "default"); the folder, not the job id, identifies the run.
-#   CONFIG     config file for the FIRST start (default: the packaged jobs/configs/STAGE.json).
+#   CONFIG     config file for the FIRST start (default: the packaged ctpipe/configs/STAGE.json).
 #   PRESET     a named override set for the first start, e.g. PRESET=cpu-tiny (see `ctpipe presets`).
 # A run folder that holds config.json is a resume (requeue, preemption, next segment, resubmission): the job
 # then trains from that saved config.json, and CONFIG/PRESET are not read again.  Overrides given as script

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 7 (stage direct_256): dual-view X-rays -> 256^3 CT end to end (Direct256), gradient checkpointing + bf16.
+# Stage direct_256: dual-view X-rays -> 256^3 CT end to end (XRay2CTProgressive), gradient checkpointing + bf16.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)
@@ -10,7 +10,7 @@
 #
 # Environment (optional): RUN_NAME names the run folder $CTPIPE_RUNS/direct_256/$RUN_NAME (default "default"); the
 # folder, not the job id, identifies the run, so a requeued job resumes its latest.pt.  XRAY2CT_SHARDS: the shard
-# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default jobs/configs/direct_256.json).
+# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default ctpipe/configs/direct_256.json).
 # STAGE1_CHECKPOINT: initialise the encoder/transformer from these stage-1 weights (default: random init).
 # Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #

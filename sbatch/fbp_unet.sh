@@ -19,7 +19,7 @@
 # (status segment_done), submit this script again with the same arguments and site flags.
 # Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #
-# Segments: jobs/configs/fbp_unet.json trains 25 epochs in segments of 5 (train.segment_epochs): each job trains
+# Segments: the stage trains 25 epochs in segments of 5 (train.epochs, train.segment_epochs): each job trains
 # one segment and exits 0; the final evaluation (fbp_hann, learned_window, fbp_unet) runs in the job that
 # completes the run.  Preemption: USR2 120 s before the time limit -> the trainer saves latest.pt and exits 3 ->
 # ctpipe_requeue_if_preempted requeues this job, which resumes mid-segment.

@@ -15,7 +15,7 @@
 # optimizers and both schedulers (no --epoch_count).  PHASE_SHARDS: the shard set (default
 # $CTPIPE_DATA/phases/shards).  Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #
-# Config (jobs/configs/pix2pix_phase.json, the seeds' settings): unet_512 on 512^2 slices, instance norm,
+# Settings (the stage's defaults, the seeds' settings): unet_512 on 512^2 slices, instance norm,
 # batch 4, lambda_L1 50, Adam lr 1e-4 (beta1 0.5) for G and D, 100 constant + 100 linear-decay epochs,
 # epoch_NNN.pt every 5 epochs.  After the last epoch the job writes eval/{validation,test}/{pix2pix,identity}.csv
 # (one row per volume).  Inference: ctpipe infer pix2pix --checkpoint RUN/checkpoints/best.pt --input-dir ...

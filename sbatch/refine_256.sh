@@ -1,16 +1,16 @@
 #!/bin/bash
-# Issue 7 (stage refine_256): a FROZEN stage-1 model's 64^3 output refined to 256^3 (Refine256), multi-scale loss.
+# Stage refine_256: a FROZEN stage-1 model's 64^3 output refined to 256^3 (ResidualUpsampler3D), multi-scale loss.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)
 #     source sbatch/_site.sh; mapfile -t site < <(ctpipe_sbatch_args 4)
 #     sbatch "${site[@]}" --ntasks-per-node=4 sbatch/refine_256.sh          # 4 GPUs, the site's GPU syntax
 #     RUN_NAME=lr3e-4 sbatch "${site[@]}" sbatch/refine_256.sh optim.lr=3e-4  # arguments: config overrides
-#     CONFIG=jobs/configs/refine_256_seeds.json RUN_NAME=seeds sbatch "${site[@]}" sbatch/refine_256.sh
+#     CONFIG=ctpipe/configs/refine_256_seeds.json RUN_NAME=seeds sbatch "${site[@]}" sbatch/refine_256.sh
 #
 # Environment (optional): RUN_NAME names the run folder $CTPIPE_RUNS/refine_256/$RUN_NAME (default "default"); the
 # folder, not the job id, identifies the run, so a requeued job resumes its latest.pt.  XRAY2CT_SHARDS: the shard
-# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default jobs/configs/refine_256.json).
+# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default ctpipe/configs/refine_256.json).
 # STAGE1_CHECKPOINT: the stage-1 weights (default $CTPIPE_RUNS/stage1_64/default/checkpoints/best.pt).
 # Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #

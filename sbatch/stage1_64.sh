@@ -1,17 +1,17 @@
 #!/bin/bash
-# Issue 6 (stage stage1_64): dual-view X-rays -> 64^3 CT (hybrid ViT), L1 + 3D SSIM, AdamW + cosine, bf16.
+# Stage stage1_64: dual-view X-rays -> 64^3 CT (hybrid ViT), L1 + 3D SSIM, AdamW + cosine, bf16.
 # DDP over every task of the job (one task per GPU, srun).  From the repository root:
 #
 #     mkdir -p logs                                      # SLURM does not create the log folder (the job fails)
 #     source sbatch/_site.sh; mapfile -t site < <(ctpipe_sbatch_args 4)
 #     sbatch "${site[@]}" --ntasks-per-node=4 sbatch/stage1_64.sh          # 4 GPUs, the site's GPU syntax
 #     RUN_NAME=lr3e-4 sbatch "${site[@]}" sbatch/stage1_64.sh optim.lr=3e-4  # arguments: config overrides
-#     CONFIG=jobs/configs/stage1_64_enhanced.json RUN_NAME=enhanced sbatch "${site[@]}" sbatch/stage1_64.sh
+#     CONFIG=ctpipe/configs/stage1_64_enhanced.json RUN_NAME=enhanced sbatch "${site[@]}" sbatch/stage1_64.sh
 #
 # Environment (optional): RUN_NAME names the run folder $CTPIPE_RUNS/stage1_64/$RUN_NAME (default "default"); the
 # folder, not the job id, identifies the run, so a requeued job resumes its latest.pt.  XRAY2CT_SHARDS: the shard
-# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default jobs/configs/stage1_64.json).
-# CONFIG=jobs/configs/stage1_64_enhanced.json RUN_NAME=enhanced: the enhanced loss (edge, multi-scale heads).
+# set (default $CTPIPE_DATA/xray2ct/shards).  CONFIG: another config file (default ctpipe/configs/stage1_64.json).
+# CONFIG=ctpipe/configs/stage1_64_enhanced.json RUN_NAME=enhanced: the enhanced loss (edge, multi-scale heads).
 # Site settings (partition, venv, modules, ...): sbatch/_site.sh and sbatch/README.md.
 #
 # Preemption: USR2 120 s before the time limit -> the trainer saves latest.pt and exits 3 ->

@@ -1,5 +1,11 @@
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +80,31 @@ def test_partial_section_keeps_the_stage_defaults():
     # FBPWindowConfig's optimizer default is lr=1e-2, not OptimConfig's generic 1e-3
     cfg = build_config(FBPWindowConfig, {"optim": {"name": "adamw"}})
     assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-2
+
+
+def test_a_built_wheel_carries_the_stage_configs_and_never_imports_jobs(tmp_path):
+    """A non-editable install finds every packaged config inside ``ctpipe`` (package data), without ``jobs``."""
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    for package in ("ctpipe", "jobs", "data_prep"):
+        shutil.copytree(repo / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True, timeout=300)
+    installed = tmp_path / "site"
+    with zipfile.ZipFile(next((tmp_path / "dist").glob("ctpipe-*.whl"))) as wheel:
+        wheel.extractall(installed)
+    probe = ("import json, sys; from ctpipe.runner import stage_config_path; from ctpipe.stages import STAGES; "
+             "print(json.dumps({'paths': [str(stage_config_path(s)) for s in STAGES], 'jobs': 'jobs' in sys.modules}))")
+    empty = tmp_path / "cwd"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, "-c", probe], cwd=empty, env={**os.environ, "PYTHONPATH": str(installed)},
+                         check=True, capture_output=True, text=True, timeout=300)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["jobs"] is False
+    for path in map(Path, found["paths"]):
+        assert path.parent == installed / "ctpipe" / "configs" and path.is_file(), path
+    packaged = sorted(p.name for p in (repo / "ctpipe" / "configs").glob("*.json"))
+    assert sorted(p.name for p in (installed / "ctpipe" / "configs").glob("*.json")) == packaged

@@ -14,7 +14,7 @@ from torch import nn
 from ctpipe.data.nifti_pairs import DEFAULT_WINDOW, hu_to_unit
 from ctpipe.data.synthetic_phases import write_synthetic_phases
 from ctpipe.infer_pix2pix import evaluate_volume, infer_folder, infer_volume
-from ctpipe.models.pix2pix import UNetConfig, UNetGenerator
+from ctpipe.models.pix2pix import UNetGenerator, UNetGeneratorConfig
 
 
 class AddRamp(nn.Module):
@@ -33,7 +33,7 @@ def src(tmp_path: Path) -> Path:
 
 def test_output_has_input_affine_header_and_shape(src: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    g = UNetGenerator(UNetConfig(num_downs=5, ngf=4)).train()
+    g = UNetGenerator(UNetGeneratorConfig(num_downs=5, ngf=4)).train()
     in_path = src / "trainA" / "patient_0.nii.gz"
     out = infer_volume(g, in_path, tmp_path / "pred" / "p0.nii.gz", DEFAULT_WINDOW, size=32, device="cpu",
                        batch_size=3)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from ctpipe.config import build_config, load_json
+from ctpipe.paths import stage_configs_dir
 from ctpipe.stages import get_stage
 
 SEEDS = Path("/work/shared/seeds")
@@ -35,7 +36,7 @@ def lookup(cfg, dotted):
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_source_settings_configs(name):
-    raw = load_json(Path("jobs/configs") / f"{name}.json")
+    raw = load_json(stage_configs_dir() / f"{name}.json")
     cfg = build_config(get_stage(raw["stage"]).config_cls, raw)
     document, settings = EXPECTED[name]
     assert cfg.experiment == name and f"seeds/{document}.txt" in cfg.source

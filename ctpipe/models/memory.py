@@ -25,11 +25,11 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
-from ctpipe.models.direct256 import Direct256, Direct256Config
-from ctpipe.models.refine256 import Refine256, Refine256Config
+from ctpipe.models.residual_upsampler3d import ResidualUpsampler3D, ResidualUpsampler3DConfig
 from ctpipe.models.xray2ct import XRay2CT64, XRay2CTConfig
+from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgressiveConfig
 
-ModelConfig = Union[XRay2CTConfig, Refine256Config, Direct256Config]
+ModelConfig = Union[XRay2CTConfig, ResidualUpsampler3DConfig, XRay2CTProgressiveConfig]
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ def _refine_segments(model: nn.Module) -> list[nn.Module]:
 
 _BUILDERS: dict[type, _Builder] = {
     XRay2CTConfig: _Builder(XRay2CT64, _xray_shape, _xray2ct_segments),  # type: ignore[arg-type]
-    Direct256Config: _Builder(Direct256, lambda c, b: _xray_shape(c.backbone, b), _direct_segments),  # type: ignore[arg-type,attr-defined]
-    Refine256Config: _Builder(Refine256, lambda c, b: (b, 1, c.input_size, c.input_size, c.input_size),  # type: ignore[arg-type,attr-defined]
+    XRay2CTProgressiveConfig: _Builder(XRay2CTProgressive, lambda c, b: _xray_shape(c.backbone, b), _direct_segments),  # type: ignore[arg-type,attr-defined]
+    ResidualUpsampler3DConfig: _Builder(ResidualUpsampler3D, lambda c, b: (b, 1, c.input_size, c.input_size, c.input_size),  # type: ignore[arg-type,attr-defined]
                               _refine_segments),
 }
 

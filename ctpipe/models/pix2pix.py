@@ -27,8 +27,8 @@ NORMS = ("batch", "instance")
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetConfig:
-    """Generator hyper-parameters. Defaults are the reference pix2pix ``unet_256`` for 1-channel CT."""
+class UNetGeneratorConfig:
+    """:class:`UNetGenerator` hyper-parameters. Defaults are the reference pix2pix ``unet_256`` for 1-channel CT."""
 
     num_downs: int = 8
     in_channels: int = 1
@@ -39,12 +39,12 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.num_downs < 5:
-            raise ValueError(f"UNetConfig.num_downs={self.num_downs}: the pix2pix U-Net needs at least 5 "
+            raise ValueError(f"UNetGeneratorConfig.num_downs={self.num_downs}: the pix2pix U-Net needs at least 5 "
                              "down-sampling blocks (8 = unet_256, 9 = unet_512)")
         if self.norm not in NORMS:
-            raise ValueError(f"UNetConfig.norm={self.norm!r}: choose one of {NORMS}")
+            raise ValueError(f"UNetGeneratorConfig.norm={self.norm!r}: choose one of {NORMS}")
         if min(self.in_channels, self.out_channels, self.ngf) < 1:
-            raise ValueError(f"UNetConfig channels must be >= 1, got {self}")
+            raise ValueError(f"UNetGeneratorConfig channels must be >= 1, got {self}")
 
     @property
     def min_side(self) -> int:
@@ -52,9 +52,9 @@ class UNetConfig:
         return 2 ** self.num_downs
 
 
-GENERATORS: dict[str, UNetConfig] = {
-    "unet_256": UNetConfig(num_downs=8),
-    "unet_512": UNetConfig(num_downs=9),
+GENERATORS: dict[str, UNetGeneratorConfig] = {
+    "unet_256": UNetGeneratorConfig(num_downs=8),
+    "unet_512": UNetGeneratorConfig(num_downs=9),
 }
 
 
@@ -127,7 +127,7 @@ def _required(submodule: nn.Module | None) -> nn.Module:
 class UNetGenerator(nn.Module):
     """pix2pix U-Net: (B, in_channels, H, W) in [-1, 1] -> (B, out_channels, H, W) in (-1, 1) (Tanh)."""
 
-    def __init__(self, config: UNetConfig = UNetConfig()) -> None:
+    def __init__(self, config: UNetGeneratorConfig = UNetGeneratorConfig()) -> None:
         super().__init__()
         self.config = config
         c, ngf = config, config.ngf

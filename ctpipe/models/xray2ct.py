@@ -283,7 +283,7 @@ class XRay2CT64(nn.Module):
         guard_layout(self)
 
     def features(self, xray: Tensor) -> Tensor:
-        """The transformer's token grid ``(B, embed_dim, g, g, g)`` (shared with Direct256)."""
+        """The transformer's token grid ``(B, embed_dim, g, g, g)`` (shared with XRay2CTProgressive)."""
         return self.transformer(self.encoder(xray))
 
     def forward(self, xray: Tensor) -> Tensor:

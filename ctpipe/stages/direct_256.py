@@ -1,4 +1,4 @@
-"""Issue 7 (stage ``direct_256``): dual-view X-rays -> 256^3 CT end to end with :class:`Direct256`.
+"""Stage ``direct_256``: dual-view X-rays -> 256^3 CT end to end with :class:`XRay2CTProgressive`.
 
 Gradient checkpointing (``train.gradient_checkpointing``: transformer blocks and every decoder stage) and
 AMP (``train.amp``) keep the 256^3 activations in memory. The encoder and transformer can start from a
@@ -19,8 +19,8 @@ import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
-from ctpipe.models.direct256 import Direct256, Direct256Config
 from ctpipe.models.xray2ct import XRAY2CT_TINY
+from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgressiveConfig
 from ctpipe.stages.base import Stage
 from ctpipe.stages.stage1_64 import load_best
 from ctpipe.stages.xray2ct_common import (
@@ -46,11 +46,11 @@ DIRECT_MODEL = "direct_256"
 
 @dataclasses.dataclass(frozen=True)
 class DirectModelConfig:
-    """``default`` (Direct256Config(): default backbone, 256^3), ``tiny`` (tiny backbone, decoder stages
+    """``default`` (XRay2CTProgressiveConfig(): default backbone, 256^3), ``tiny`` (tiny backbone, decoder stages
     derived from the shard set's high-resolution size) or ``custom`` (``network``)."""
 
     preset: Literal["default", "tiny", "custom"] = "default"
-    network: Direct256Config | None = None
+    network: XRay2CTProgressiveConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,27 +64,30 @@ class Direct256StageConfig:
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
     scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
-    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", gradient_checkpointing=True, early_stopping_patience=None)
+    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", grad_clip=1.0, gradient_checkpointing=True,
+                                     early_stopping_patience=None, log_every=20)
 
 
-def tiny_direct_config(output_size: int) -> Direct256Config:
+def tiny_direct_config(output_size: int) -> XRay2CTProgressiveConfig:
     """The tiny backbone with one small decoder stage per doubling from its token grid to ``output_size``."""
     stages = int(round(math.log2(output_size / XRAY2CT_TINY.token_grid)))
     if stages < 3 or XRAY2CT_TINY.token_grid * 2**stages != output_size:
         raise ConfigError(f"model.preset=tiny cannot reach {output_size}^3 from a {XRAY2CT_TINY.token_grid}^3 token grid "
                           "by >= 3 doublings; use a high-resolution field of 32^3 or more (power of two)")
-    return Direct256Config(backbone=XRAY2CT_TINY, output_size=output_size, decoder_channels=(8,) * (stages - 1) + (4,))
+    return XRay2CTProgressiveConfig(backbone=XRAY2CT_TINY, output_size=output_size,
+                                    decoder_channels=(8,) * (stages - 1) + (4,))
 
 
-def resolve_direct_network(model: DirectModelConfig, output_size: int, gradient_checkpointing: bool) -> Direct256Config:
+def resolve_direct_network(model: DirectModelConfig, output_size: int,
+                           gradient_checkpointing: bool) -> XRay2CTProgressiveConfig:
     if model.preset == "custom":
         if model.network is None:
-            raise ConfigError("model.preset='custom' needs model.network (the Direct256Config fields)")
+            raise ConfigError("model.preset='custom' needs model.network (the XRay2CTProgressiveConfig fields)")
         network = model.network
     elif model.network is not None:
         raise ConfigError("model.network is only used with model.preset='custom'")
     else:
-        network = Direct256Config() if model.preset == "default" else tiny_direct_config(output_size)
+        network = XRay2CTProgressiveConfig() if model.preset == "default" else tiny_direct_config(output_size)
     if network.output_size != output_size:
         raise ConfigError(f"the direct_256 network outputs {network.output_size}^3 but data.high_field holds "
                           f"{output_size}^3 volumes; change data.high_field or the model")
@@ -92,7 +95,7 @@ def resolve_direct_network(model: DirectModelConfig, output_size: int, gradient_
 
 
 class Direct256Task:
-    """Trainer task: ``xray`` -> Direct256 -> {s/4, s/2, s}^3, multi-scale loss against ``data.high_field``."""
+    """Trainer task: ``xray`` -> XRay2CTProgressive -> {s/4, s/2, s}^3, multi-scale loss against ``data.high_field``."""
 
     def __init__(self, cfg: Direct256StageConfig, env: DistEnv, device: torch.device) -> None:
         from ctpipe.schedules import build_optimizer
@@ -102,7 +105,7 @@ class Direct256Task:
         self.network = resolve_direct_network(cfg.model, self.high_size, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.backbone.xray_size)
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
-        self.model = Direct256(self.network)
+        self.model = XRay2CTProgressive(self.network)
         if cfg.init_from_stage1:
             stage1, _ = load_stage1(cfg.init_from_stage1)
             self.model.load_stage1_state_dict(stage1.state_dict())

@@ -28,7 +28,7 @@ from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig,
 from ctpipe.distributed import DistEnv
 from ctpipe.losses import CompositeLoss, LossWeights
 from ctpipe.models.learnable_fbp import LearnableFBP
-from ctpipe.models.unet2d import UNet2D, UNet2DConfig
+from ctpipe.models.postprocessing_unet import PostProcessingUNet, PostProcessingUNetConfig
 from ctpipe.stages.base import Stage, evaluate_predictors
 from ctpipe.stages.fbp_window import LEARNED_MODEL
 from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
@@ -37,7 +37,7 @@ __all__ = [
     "FBP_UNET",
     "FBPUNetConfig",
     "FBPUNetTask",
-    "UNetModelConfig",
+    "FBPUNetModelConfig",
     "build_unet_config",
     "final_evaluation",
     "load_window_checkpoint",
@@ -45,14 +45,14 @@ __all__ = [
 
 HANN_SCALING = 0.641
 UNET_MODEL = "fbp_unet"  # experiment 4's trained model in the eval tables
-UNET_PRESETS: dict[str, UNet2DConfig] = {
-    "default": UNet2DConfig(),       # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
-    "tiny": UNet2DConfig.tiny(),     # 3 scales (8, 8, 16), 2 skip channels: tests and smoke runs
+UNET_PRESETS: dict[str, PostProcessingUNetConfig] = {
+    "default": PostProcessingUNetConfig(),  # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
+    "tiny": PostProcessingUNetConfig.tiny(),  # 3 scales (8, 8, 16), 2 skip channels: tests and smoke runs
 }
 
 
 @dataclasses.dataclass(frozen=True)
-class UNetModelConfig:
+class FBPUNetModelConfig:
     """The frozen FBP's window and the UNet.
 
     ``window_checkpoint``: None = fixed Hann window (scaling 0.641), else the path of an experiment-1
@@ -74,16 +74,16 @@ class UNetModelConfig:
 class FBPUNetConfig:
     stage: Literal["fbp_unet"] = "fbp_unet"
     experiment: str = "exp4_fbp_unet"
-    data: DataConfig = DataConfig()
-    model: UNetModelConfig = UNetModelConfig()
+    data: DataConfig = DataConfig(num_workers=4)
+    model: FBPUNetModelConfig = FBPUNetModelConfig()
     loss: LossWeights = LossWeights(l1=1.0, ms_ssim=0.5, edge=0.1)
     optim: OptimConfig = OptimConfig(lr=1e-3)
     scheduler: SchedulerConfig = SchedulerConfig()
-    train: TrainConfig = TrainConfig(epochs=25, segment_epochs=5)
+    train: TrainConfig = TrainConfig(epochs=25, segment_epochs=5, early_stopping_patience=6, log_every=100)
 
 
 # ---- building blocks -------------------------------------------------------------------------------------
-def build_unet_config(cfg: UNetModelConfig) -> UNet2DConfig:
+def build_unet_config(cfg: FBPUNetModelConfig) -> PostProcessingUNetConfig:
     """The preset ``cfg.size`` with the explicitly given fields replaced."""
     preset = UNET_PRESETS[cfg.size]
     return dataclasses.replace(
@@ -165,7 +165,7 @@ class FBPUNetTask:
                   if cfg.model.window_checkpoint else _fixed_hann())
         self.fbp = LearnableFBP(self.geometry, window, padding=cfg.model.padding)
         self.fbp.freeze_fbp()
-        self.unet = UNet2D(build_unet_config(cfg.model))
+        self.unet = PostProcessingUNet(build_unet_config(cfg.model))
         self.modules: dict[str, nn.Module] = {"fbp": self.fbp, "unet": self.unet}
         self.optimizers = {"unet": build_optimizer(self.unet.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "loss": to_dict(cfg.loss), "optim": to_dict(cfg.optim),

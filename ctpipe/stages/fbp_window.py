@@ -33,7 +33,7 @@ class FBPWindowConfig:
     data: DataConfig = DataConfig()
     model: WindowModelConfig = WindowModelConfig()
     optim: OptimConfig = OptimConfig(lr=1e-2)
-    scheduler: SchedulerConfig = SchedulerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig(patience=1)
     train: TrainConfig = TrainConfig()
 
 

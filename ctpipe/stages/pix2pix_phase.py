@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
-from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
+from ctpipe.models.pix2pix import GENERATORS, UNetGenerator, UNetGeneratorConfig
 from ctpipe.progress import track
 from ctpipe.stages.base import Stage, write_eval_tables, write_examples
 
@@ -58,6 +58,7 @@ class PhaseDataConfig(DataConfig):
     root: str = "data/phases/shards"
     batch_size: int = 4
     eval_batch_size: int = 8
+    num_workers: int = 4
     input_field: str = "input"
     target_field: str = "target"
 
@@ -80,16 +81,18 @@ class Pix2PixLossConfig:
     lambda_l1: float = 100.0
 
 
-PIX2PIX_ADAM = OptimConfig(name="adam", lr=2e-4, betas=(0.5, 0.999))
+# the source experiment (seeds/004): unet_512, instance norm, lambda_L1 50, Adam lr 1e-4 (betas 0.5, 0.999),
+# batch 4, 100 constant + 100 decaying epochs; the reference pix2pix values stay the model/loss classes' own
+PIX2PIX_ADAM = OptimConfig(name="adam", lr=1e-4, betas=(0.5, 0.999))
 
 
 @dataclasses.dataclass(frozen=True)
 class Pix2PixPhaseConfig:
     stage: Literal["pix2pix_phase"] = "pix2pix_phase"
-    experiment: str = "pix2pix_phase"
+    experiment: str = "pix2pix_phase_avg_to_phase0"
     data: PhaseDataConfig = PhaseDataConfig()
-    model: Pix2PixModelConfig = Pix2PixModelConfig()
-    loss: Pix2PixLossConfig = Pix2PixLossConfig()
+    model: Pix2PixModelConfig = Pix2PixModelConfig(generator="unet_512", norm="instance")
+    loss: Pix2PixLossConfig = Pix2PixLossConfig(lambda_l1=50.0)
     optim: OptimConfig = PIX2PIX_ADAM            # G (and D unless optim_d is given)
     optim_d: OptimConfig | None = None
     # pix2pix: n_epochs = scheduler.n_epochs_constant, n_epochs_decay = train.epochs - n_epochs_constant
@@ -111,7 +114,7 @@ class Pix2PixPhaseConfig:
 
 
 # ---- networks ---------------------------------------------------------------------------------------------
-MIN_NUM_DOWNS = 5  # the pix2pix U-Net's shallowest layout (UNetConfig refuses fewer)
+MIN_NUM_DOWNS = 5  # the pix2pix U-Net's shallowest layout (UNetGeneratorConfig refuses fewer)
 
 
 def deepest_num_downs(side: Sequence[int]) -> int:
@@ -148,7 +151,7 @@ def resolve_num_downs(cfg: Pix2PixModelConfig, side: Sequence[int], where: str =
     return cfg.num_downs
 
 
-def generator_config(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetConfig:
+def generator_config(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "the shard set") -> UNetGeneratorConfig:
     """The U-Net for slices of ``side``: depth from :func:`resolve_num_downs`, widths/norm from ``cfg``."""
     return dataclasses.replace(GENERATORS[cfg.generator], num_downs=resolve_num_downs(cfg, side, where),
                                ngf=cfg.ngf, norm=cfg.norm, dropout=cfg.dropout)

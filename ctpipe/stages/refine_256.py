@@ -1,4 +1,4 @@
-"""Issue 7 (stage ``refine_256``): refine a FROZEN stage-1 64^3 prediction to 256^3 with :class:`Refine256`.
+"""Stage ``refine_256``: refine a FROZEN stage-1 64^3 prediction to 256^3 with :class:`ResidualUpsampler3D`.
 
 The stage-1 network is loaded from ``stage1_checkpoint`` (a ``stage1_64`` run's ``checkpoints/best.pt``), put
 in eval mode with ``requires_grad=False`` and run under ``no_grad``; it is not one of the task's modules (not
@@ -8,7 +8,7 @@ silently resume on top of a different stage-1 model.
 The high-resolution field must be 4x (the 256^3 design: 64 -> 256) or 2x the stage-1 grid; at 2x (small CPU
 test sets) the 4x branch is frozen and its output ignored.
 
-Refine256 is residual over trilinear upsampling with zero-initialised heads, so before training
+ResidualUpsampler3D is residual over trilinear upsampling with zero-initialised heads, so before training
 ``refine_256`` == ``stage1_64_trilinear`` bit for bit. Loss: multi-scale (64/128/256 outputs against the
 256^3 target average-pooled to each scale, ``loss.scale_weights``), ``L1 + edge (+ optional 3D SSIM)``.
 
@@ -26,7 +26,8 @@ import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
-from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config, trilinear_baseline
+from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig,
+                                                trilinear_baseline)
 from ctpipe.stages.base import Stage
 from ctpipe.stages.stage1_64 import TRILINEAR_MODEL, load_best
 from ctpipe.stages.xray2ct_common import (
@@ -48,7 +49,8 @@ from ctpipe.stages.xray2ct_common import (
 )
 
 REFINE_MODEL = "refine_256"
-REFINE_PRESETS: dict[str, Refine256Config] = {"default": Refine256Config(), "tiny": REFINE256_TINY}
+REFINE_PRESETS: dict[str, ResidualUpsampler3DConfig] = {"default": ResidualUpsampler3DConfig(),
+                                                        "tiny": RESIDUAL_UPSAMPLER3D_TINY}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,7 @@ class RefineModelConfig:
     """``preset`` default / tiny (``input_size`` is taken from the stage-1 network) or ``custom`` (``network``)."""
 
     preset: Literal["default", "tiny", "custom"] = "default"
-    network: Refine256Config | None = None
+    network: ResidualUpsampler3DConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +72,14 @@ class Refine256StageConfig:
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01)
     scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
-    train: TrainConfig = TrainConfig(epochs=50, amp="bf16", early_stopping_patience=None)
+    train: TrainConfig = TrainConfig(epochs=50, amp="bf16", grad_clip=1.0, early_stopping_patience=None, log_every=20)
 
 
-def resolve_refine_network(model: RefineModelConfig, input_size: int, gradient_checkpointing: bool) -> Refine256Config:
+def resolve_refine_network(model: RefineModelConfig, input_size: int,
+                           gradient_checkpointing: bool) -> ResidualUpsampler3DConfig:
     if model.preset == "custom":
         if model.network is None:
-            raise ConfigError("model.preset='custom' needs model.network (the Refine256Config fields)")
+            raise ConfigError("model.preset='custom' needs model.network (the ResidualUpsampler3DConfig fields)")
         network = model.network
         if network.input_size != input_size:
             raise ConfigError(f"model.network.input_size={network.input_size} but the stage-1 network outputs "
@@ -88,7 +91,7 @@ def resolve_refine_network(model: RefineModelConfig, input_size: int, gradient_c
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 
-def freeze_finest_branch(model: Refine256) -> None:
+def freeze_finest_branch(model: ResidualUpsampler3D) -> None:
     """Targets at 2x the input: the 4x branch gets no gradient, so freeze it (DDP needs every trained
     parameter to receive one; the optimizer skips frozen parameters)."""
     for module in (model.up4, model.blocks4, model.heads[2]):
@@ -101,7 +104,7 @@ def supervised(outputs: Mapping[int, torch.Tensor], high_size: int) -> dict[int,
 
 
 class Refine256Task:
-    """Trainer task: frozen stage 1 (xray -> 64^3) -> Refine256 -> {64, 128, 256}^3, multi-scale loss."""
+    """Trainer task: frozen stage 1 (xray -> 64^3) -> ResidualUpsampler3D -> {64, 128, 256}^3, multi-scale loss."""
 
     def __init__(self, cfg: Refine256StageConfig, env: DistEnv, device: torch.device) -> None:
         from ctpipe.data.shards import sha256_file
@@ -121,7 +124,7 @@ class Refine256Task:
                               f"--volume-size {4 * low}")
         self.network = resolve_refine_network(cfg.model, low, cfg.train.gradient_checkpointing)
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
-        self.model = Refine256(self.network)
+        self.model = ResidualUpsampler3D(self.network)
         if self.high_size == 2 * low:
             freeze_finest_branch(self.model)
         self.loss = VolumeLoss(cfg.loss).to(device)

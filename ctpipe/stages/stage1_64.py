@@ -1,7 +1,7 @@
-"""Issue 6 (stage ``stage1_64``): dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
+"""Stage ``stage1_64``: dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
 
 Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :mod:`ctpipe.losses3d`); the
-"enhanced" config (``jobs/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
+"enhanced" config (``ctpipe/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
 and (with local VGG16 weights) a slice-wise perceptual term. AdamW, cosine schedule, bf16 autocast on GPU,
 DDP through the trainer.
 
@@ -27,7 +27,7 @@ import torch
 
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
-from ctpipe.models.refine256 import trilinear_baseline
+from ctpipe.models.residual_upsampler3d import trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
@@ -57,17 +57,24 @@ STAGE1_MODEL = "stage1_64"
 TRILINEAR_MODEL = "stage1_64_trilinear"
 
 
+STAGE1_SOURCE = (
+    "seeds/003_64ed3ea31725ee4f.txt section 1 (base 64^3 hybrid ViT): L1 + SSIM (1.0 / 0.5), AdamW + "
+    "CosineAnnealingLR, 100 epochs, batch 8 per GPU; its learning rate is 'default (from original config)': "
+    "1e-4 as in seeds/002_54da4c0bd0afc75e.txt config_enhanced.json"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage1Config:
     stage: Literal["stage1_64"] = "stage1_64"
     experiment: str = "stage1_64"
-    source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
+    source: str = STAGE1_SOURCE  # the document (and section) these settings follow
     data: XRayDataConfig = XRayDataConfig()
     model: Stage1ModelConfig = Stage1ModelConfig()
     loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, ssim3d=0.5)
-    optim: OptimConfig = OptimConfig(name="adamw", lr=2e-4, weight_decay=0.05)
+    optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
     scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
-    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", early_stopping_patience=None)
+    train: TrainConfig = TrainConfig(epochs=100, amp="bf16", grad_clip=1.0, early_stopping_patience=None)
 
 
 class Stage1Task:

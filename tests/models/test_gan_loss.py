@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from ctpipe.models.gan_loss import (discriminator_loss, gan_loss, generator_loss, linear_decay_lambda,
                                     pix2pix_losses)
 from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
-from ctpipe.models.pix2pix import UNetConfig, UNetGenerator
+from ctpipe.models.pix2pix import UNetGenerator, UNetGeneratorConfig
 
 
 def test_gan_loss_known_values() -> None:
@@ -31,7 +31,7 @@ def test_gan_loss_known_values() -> None:
 
 def small_pair() -> tuple[UNetGenerator, PatchGANDiscriminator]:
     torch.manual_seed(0)
-    g = UNetGenerator(UNetConfig(num_downs=5, ngf=4))
+    g = UNetGenerator(UNetGeneratorConfig(num_downs=5, ngf=4))
     d = PatchGANDiscriminator(PatchGANConfig(ndf=4, n_layers=2))
     return g, d
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from ctpipe.models.pix2pix import (GENERATORS, UNetConfig, UNetGenerator, build_generator,
+from ctpipe.models.pix2pix import (GENERATORS, UNetGenerator, UNetGeneratorConfig, build_generator,
                                    count_parameters)
 
 
 def tiny(norm: str = "batch", dropout: bool = True) -> UNetGenerator:
-    return UNetGenerator(UNetConfig(num_downs=6, ngf=8, norm=norm, dropout=dropout))
+    return UNetGenerator(UNetGeneratorConfig(num_downs=6, ngf=8, norm=norm, dropout=dropout))
 
 
 def unet_param_formula(in_c: int, out_c: int, ngf: int, num_downs: int, norm: str) -> int:
@@ -60,13 +60,13 @@ def test_presets() -> None:
 def test_unet_256_parameter_count_matches_reference() -> None:
     # The reference prints "[Network G] Total number of parameters : 54.414 M" for its default pix2pix
     # (unet_256, ngf 64, batch norm, 3 -> 3 channels). Exact count of that architecture: 54,413,955.
-    g = UNetGenerator(UNetConfig(num_downs=8, in_channels=3, out_channels=3, norm="batch"))
+    g = UNetGenerator(UNetGeneratorConfig(num_downs=8, in_channels=3, out_channels=3, norm="batch"))
     n = count_parameters(g)
     assert n == 54_413_955
     assert round(n / 1e6, 3) == 54.414
     assert n == unet_param_formula(3, 3, 64, 8, "batch")
     # the CT variant (1 -> 1 channels) and the instance-norm variant follow the same formula
-    for cfg in (UNetConfig(), UNetConfig(norm="instance"), UNetConfig(num_downs=9)):
+    for cfg in (UNetGeneratorConfig(), UNetGeneratorConfig(norm="instance"), UNetGeneratorConfig(num_downs=9)):
         assert count_parameters(UNetGenerator(cfg)) == unet_param_formula(1, 1, 64, cfg.num_downs, cfg.norm)
 
 
@@ -92,7 +92,7 @@ def test_unet_256_has_three_dropout_blocks() -> None:
 
 def test_weight_init_normal_002() -> None:
     torch.manual_seed(0)
-    g = UNetGenerator(UNetConfig(num_downs=6, ngf=16))
+    g = UNetGenerator(UNetGeneratorConfig(num_downs=6, ngf=16))
     w = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
     assert abs(w.mean().item()) < 1e-3 and w.std().item() == pytest.approx(0.02, rel=0.02)
     bn = torch.cat([m.weight for m in g.modules() if isinstance(m, nn.BatchNorm2d)])
@@ -118,6 +118,6 @@ def test_bad_input_size_names_the_fix() -> None:
     with pytest.raises(ValueError, match="multiples of 64"):
         tiny()(torch.randn(1, 1, 48, 64))
     with pytest.raises(ValueError, match="num_downs"):
-        UNetConfig(num_downs=4)
+        UNetGeneratorConfig(num_downs=4)
     with pytest.raises(ValueError, match="norm"):
-        UNetConfig(norm="group")
+        UNetGeneratorConfig(norm="group")

@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ctpipe.models.direct256 import DIRECT256_TINY, Direct256
+from ctpipe.models.xray2ct_progressive import XRAY2CT_PROGRESSIVE_TINY, XRay2CTProgressive
 from ctpipe.models.layout import WeightLayoutError
 from ctpipe.models.lift_ct import LIFT_TINY, LiftCT
-from ctpipe.models.refine256 import REFINE256_TINY, Refine256
+from ctpipe.models.residual_upsampler3d import RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D
 from ctpipe.models.xray2ct import XRAY2CT_TINY, Attention, XRay2CT64
 
 CONV = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose3d)
@@ -26,9 +26,11 @@ def _xrays(batch: int, size: int) -> Tensor:
 
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], Callable[[int], Tensor]]] = {
     "xray2ct": (lambda: XRay2CT64(XRAY2CT_TINY), lambda b: _xrays(b, XRAY2CT_TINY.xray_size)),
-    "direct256": (lambda: Direct256(DIRECT256_TINY), lambda b: _xrays(b, DIRECT256_TINY.backbone.xray_size)),
-    "refine256": (lambda: Refine256(REFINE256_TINY),
-                  lambda b: torch.rand(b, 1, *(REFINE256_TINY.input_size,) * 3, generator=torch.Generator().manual_seed(1))),
+    "xray2ct_progressive": (lambda: XRay2CTProgressive(XRAY2CT_PROGRESSIVE_TINY),
+                            lambda b: _xrays(b, XRAY2CT_PROGRESSIVE_TINY.backbone.xray_size)),
+    "residual_upsampler3d": (lambda: ResidualUpsampler3D(RESIDUAL_UPSAMPLER3D_TINY),
+                             lambda b: torch.rand(b, 1, *(RESIDUAL_UPSAMPLER3D_TINY.input_size,) * 3,
+                                                  generator=torch.Generator().manual_seed(1))),
     "lift": (lambda: LiftCT(LIFT_TINY), lambda b: _xrays(b, LIFT_TINY.xray_size)),
 }
 
@@ -62,9 +64,9 @@ def _adam_steps(model: nn.Module, x: Tensor, targets: list[Tensor], split: bool,
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-# (refine256 and lift start with zero heads, so nothing upstream of a head gets a gradient at the first steps:
+# (residual_upsampler3d and lift start with zero heads, so nothing upstream of a head gets a gradient at the first steps:
 # their Adam runs agree whatever the layout, and the structural test below covers them)
-@pytest.mark.parametrize("name", ["xray2ct", "direct256"])
+@pytest.mark.parametrize("name", ["xray2ct", "xray2ct_progressive"])
 def test_adam_on_a_batch_split_over_two_ranks_trains_the_same_weights(name: str) -> None:
     """Before, the conv biases before a GroupNorm and the key bias drifted by up to 2e-5 (2 lr) in 4 steps."""
     build, inputs = NETWORKS[name]
@@ -112,7 +114,7 @@ def test_a_checkpoint_of_the_old_layout_is_refused_with_the_fix() -> None:
 
 def test_a_partial_load_is_still_allowed() -> None:
     stage1 = XRay2CT64(XRAY2CT_TINY)
-    direct = Direct256(DIRECT256_TINY)
+    direct = XRay2CTProgressive(XRAY2CT_PROGRESSIVE_TINY)
     direct.load_stage1_state_dict(stage1.state_dict())
     assert torch.equal(direct.encoder.project.weight, stage1.encoder.project.weight)
     with pytest.raises(WeightLayoutError, match="kv.weight"):

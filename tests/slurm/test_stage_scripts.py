@@ -89,8 +89,8 @@ def chains(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
     def phases() -> None:
         repo = make_checkout(root / "phases")
         write_synthetic_phases(repo / "data" / "phases" / "raw", 6, size=64, n_slices=16)
-        config = json.loads((Path(__file__).parents[2] / "jobs" / "configs" / "pix2pix_phase.json").read_text())
-        config["loss"]["lambda_l1"] = 77.0
+        config = json.loads((Path(__file__).parents[2] / "ctpipe" / "configs" / "pix2pix_phase.json").read_text())
+        config.setdefault("loss", {})["lambda_l1"] = 77.0  # the packaged file lists only its deltas
         (repo / "mine.json").write_text(json.dumps(config))
         submit = _submitter(slurm_cluster, repo)
         prep = submit("sbatch/prep_nifti_pairs.sh", "--array=0-1",

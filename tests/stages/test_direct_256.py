@@ -11,6 +11,7 @@ import torch
 
 from ctpipe.config import build_config, load_json
 from ctpipe.distributed import DistEnv
+from ctpipe.paths import stage_configs_dir
 from ctpipe.report import aggregate
 from ctpipe.runner import run_stage
 from ctpipe.stages.direct_256 import Direct256StageConfig, Direct256Task, tiny_direct_config
@@ -63,7 +64,7 @@ def test_direct_trains_from_stage1_and_the_table_has_four_models(runs) -> None:
 def test_stage1_initialisation_copies_the_backbone(runs) -> None:
     root, shards = runs
     stage1_path = root / "runs" / "stage1_64" / "a" / "checkpoints" / "best.pt"
-    cfg = build_config(Direct256StageConfig, load_json("jobs/configs/direct_256.json"),
+    cfg = build_config(Direct256StageConfig, load_json(stage_configs_dir() / "direct_256.json"),
                        [f"data.root={shards}", *TINY, f"init_from_stage1={stage1_path}"])
     task = Direct256Task(cfg, DistEnv(), torch.device("cpu"))
     stage1, _ = load_stage1(stage1_path)

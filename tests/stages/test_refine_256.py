@@ -10,6 +10,7 @@ import torch
 
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.distributed import DistEnv
+from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
 from ctpipe.stages.refine_256 import Refine256StageConfig, Refine256Task
 from ctpipe.stages.xray2ct_common import PSNR_COLUMN, SSIM_COLUMN
@@ -54,7 +55,7 @@ def test_untrained_refine_equals_trilinear_and_training_does_not_hurt(setup, tmp
 
 def test_stage1_is_frozen_and_fingerprinted(setup) -> None:
     root, stage1, overrides = setup
-    cfg = build_config(Refine256StageConfig, load_json("jobs/configs/refine_256.json"), overrides)
+    cfg = build_config(Refine256StageConfig, load_json(stage_configs_dir() / "refine_256.json"), overrides)
     task = Refine256Task(cfg, DistEnv(), torch.device("cpu"))
     assert not any(p.requires_grad for p in task.stage1.parameters()) and not task.stage1.training
     trained = {id(p) for g in task.optimizers["refine"].param_groups for p in g["params"]}
@@ -70,5 +71,5 @@ def test_refine_config_errors(setup, tmp_path: Path) -> None:
         run_stage("refine_256", tmp_path / "a", [*overrides, f"stage1_checkpoint={tmp_path / 'none.pt'}"])
     with pytest.raises(ConfigError, match="refines 16\\^3"):
         run_stage("refine_256", tmp_path / "b", [*overrides, "data.high_field=volume_16"])
-    seeds = build_config(Refine256StageConfig, load_json("jobs/configs/refine_256_seeds.json"))
+    seeds = build_config(Refine256StageConfig, load_json(stage_configs_dir() / "refine_256_seeds.json"))
     assert seeds.experiment == "refine_256_seeds" and seeds.loss.scale_weights == (1.0,)  # 002: final scale only

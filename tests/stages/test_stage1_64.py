@@ -18,6 +18,7 @@ import torch
 
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64
+from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
 from ctpipe.stages.stage1_64 import Stage1Config
 from ctpipe.stages.xray2ct_common import (
@@ -125,7 +126,7 @@ def test_multiscale_loss_weights_the_scales() -> None:
 def test_configs_load_and_model_presets() -> None:
     for name, n_scales, perceptual in (("stage1_64", 1, 0.0), ("stage1_64_enhanced", 3, 0.1),
                                        ("stage1_64_enhanced_003", 3, 0.2)):
-        cfg = build_config(Stage1Config, load_json(Path("jobs/configs") / f"{name}.json"))
+        cfg = build_config(Stage1Config, load_json(stage_configs_dir() / f"{name}.json"))
         assert cfg.experiment == name and len(cfg.loss.scale_weights) == n_scales
         assert cfg.train.amp == "bf16" and cfg.optim.name == "adamw" and cfg.scheduler.name == "cosine"
         assert cfg.loss.l1 == 1.0 and cfg.loss.ssim3d == 0.5 and cfg.loss.perceptual == perceptual

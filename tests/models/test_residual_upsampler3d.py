@@ -3,13 +3,13 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config
+from ctpipe.models.residual_upsampler3d import RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig
 from ctpipe.models.xray2ct import count_parameters
 
 
 def test_zero_init_returns_the_trilinear_baseline_bit_for_bit():
     torch.manual_seed(0)
-    model = Refine256(REFINE256_TINY)
+    model = ResidualUpsampler3D(RESIDUAL_UPSAMPLER3D_TINY)
     x = torch.rand(2, 1, 8, 8, 8)
     out = model(x)
     assert sorted(out) == [8, 16, 32]
@@ -20,7 +20,7 @@ def test_zero_init_returns_the_trilinear_baseline_bit_for_bit():
 
 def test_one_step_moves_away_from_the_baseline_toward_the_target():
     torch.manual_seed(0)
-    model = Refine256(REFINE256_TINY)
+    model = ResidualUpsampler3D(RESIDUAL_UPSAMPLER3D_TINY)
     x = torch.rand(1, 1, 8, 8, 8)
     target = torch.rand(1, 1, 32, 32, 32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -33,10 +33,10 @@ def test_one_step_moves_away_from_the_baseline_toward_the_target():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    plain = Refine256(REFINE256_TINY)
+    plain = ResidualUpsampler3D(RESIDUAL_UPSAMPLER3D_TINY)
     for head in plain.heads:  # away from zero init, so every layer gets a gradient
         torch.nn.init.normal_(head.weight, std=0.1)
-    checkpointed = Refine256(dataclasses.replace(REFINE256_TINY, gradient_checkpointing=True))
+    checkpointed = ResidualUpsampler3D(dataclasses.replace(RESIDUAL_UPSAMPLER3D_TINY, gradient_checkpointing=True))
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.rand(2, 1, 8, 8, 8)
     for model in (plain, checkpointed):
@@ -48,8 +48,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_default_config_sizes():
-    config = Refine256Config()
+    config = ResidualUpsampler3DConfig()
     assert config.output_sizes == (64, 128, 256)
     with torch.device("meta"):
-        model = Refine256(config)
+        model = ResidualUpsampler3D(config)
     assert 100_000 < count_parameters(model) < 2_000_000

@@ -1,4 +1,4 @@
-"""UNet2D: shapes at awkward sizes, the dival-sized parameter count, residual identity, gradients."""
+"""PostProcessingUNet: shapes at awkward sizes, the dival-sized parameter count, residual identity, gradients."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctpipe.models.unet2d import NORMS, UNet2D, UNet2DConfig
+from ctpipe.models.postprocessing_unet import NORMS, PostProcessingUNet, PostProcessingUNetConfig
 
 
 def _expected_parameters(channels: tuple[int, ...], skip: int, in_ch: int = 1, out_ch: int = 1) -> int:
@@ -30,23 +30,23 @@ def _expected_parameters(channels: tuple[int, ...], skip: int, in_ch: int = 1, o
 
 
 def test_default_matches_dival_lodopab_parameter_count() -> None:
-    model = UNet2D()
+    model = PostProcessingUNet()
     assert model.config.channels == (32, 32, 64, 64, 128) and model.config.scales == 5
     n = model.count_parameters()
-    print(f"default UNet2D parameters: {n}")
+    print(f"default PostProcessingUNet parameters: {n}")
     assert n == _expected_parameters((32, 32, 64, 64, 128), 4) == 610_673
-    assert 8_000 < UNet2D(UNet2DConfig.tiny()).count_parameters() < 9_000
+    assert 8_000 < PostProcessingUNet(PostProcessingUNetConfig.tiny()).count_parameters() < 9_000
 
 
 @pytest.mark.parametrize("size", [(45, 45), (45, 37), (1, 5), (64, 64)])
 def test_tiny_shapes_for_odd_sizes(size: tuple[int, int]) -> None:
-    model = UNet2D(UNet2DConfig.tiny())
+    model = PostProcessingUNet(PostProcessingUNetConfig.tiny())
     x = torch.rand(2, 1, *size)
     assert model(x).shape == x.shape
 
 
 def test_default_at_lodopab_size() -> None:
-    model = UNet2D().eval()
+    model = PostProcessingUNet().eval()
     x = torch.rand(1, 1, 362, 362)
     with torch.no_grad():
         assert model(x).shape == (1, 1, 362, 362)
@@ -54,7 +54,7 @@ def test_default_at_lodopab_size() -> None:
 
 def test_crop_is_aligned_with_the_padding() -> None:
     """Padding by hand to the size multiple and cropping must give the network's own output."""
-    model = UNet2D(UNet2DConfig.tiny(residual=False)).eval()
+    model = PostProcessingUNet(PostProcessingUNetConfig.tiny(residual=False)).eval()
     x = torch.rand(1, 1, 45, 42)  # multiple 4: pad 3 (1 + 2) rows and 2 (1 + 1) columns
     padded = F.pad(x, (1, 1, 1, 2), mode="replicate")
     with torch.no_grad():
@@ -64,17 +64,17 @@ def test_crop_is_aligned_with_the_padding() -> None:
 
 
 def test_zero_initialised_residual_is_identity() -> None:
-    model = UNet2D(UNet2DConfig.tiny(zero_init_output=True))
+    model = PostProcessingUNet(PostProcessingUNetConfig.tiny(zero_init_output=True))
     x = torch.rand(3, 1, 33, 29)
     assert torch.equal(model(x), x)
-    plain = UNet2D(UNet2DConfig.tiny(zero_init_output=True, residual=False))
+    plain = PostProcessingUNet(PostProcessingUNetConfig.tiny(zero_init_output=True, residual=False))
     assert torch.count_nonzero(plain(x)) == 0
-    assert not torch.equal(UNet2D(UNet2DConfig.tiny())(x), x)
+    assert not torch.equal(PostProcessingUNet(PostProcessingUNetConfig.tiny())(x), x)
 
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_gradients_reach_every_parameter_and_the_input(norm: str) -> None:
-    model = UNet2D(UNet2DConfig.tiny(norm=norm))
+    model = PostProcessingUNet(PostProcessingUNetConfig.tiny(norm=norm))
     x = torch.rand(2, 1, 21, 26, requires_grad=True)
     target = torch.rand(2, 1, 21, 26)
     F.mse_loss(model(x), target).backward()
@@ -85,10 +85,10 @@ def test_gradients_reach_every_parameter_and_the_input(norm: str) -> None:
 
 
 def test_skip_widths_and_multichannel() -> None:
-    config = UNet2DConfig(
+    config = PostProcessingUNetConfig(
         in_channels=2, out_channels=3, channels=(4, 8, 8), skip_channels=(0, 3), residual=False
     )
-    model = UNet2D(config)
+    model = PostProcessingUNet(config)
     assert model.up[-1].skip is None and model.up[0].skip is not None
     assert model(torch.rand(1, 2, 17, 19)).shape == (1, 3, 17, 19)
 
@@ -106,9 +106,9 @@ def test_skip_widths_and_multichannel() -> None:
 )
 def test_invalid_config_raises(kwargs) -> None:
     with pytest.raises(ValueError):
-        UNet2DConfig(**kwargs)
+        PostProcessingUNetConfig(**kwargs)
 
 
 def test_wrong_input_shape_raises() -> None:
     with pytest.raises(ValueError, match="expects"):
-        UNet2D(UNet2DConfig.tiny())(torch.rand(1, 2, 16, 16))
+        PostProcessingUNet(PostProcessingUNetConfig.tiny())(torch.rand(1, 2, 16, 16))

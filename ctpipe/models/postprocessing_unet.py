@@ -1,4 +1,5 @@
-"""2D UNet post-processing network (FBP + UNet), shaped like the published LoDoPaB baseline.
+"""PostProcessingUNet: the 2D UNet that cleans up an FBP image (stage ``fbp_unet``), shaped like the published
+LoDoPaB baseline.
 
 The LoDoPaB FBP+UNet baseline is dival's ``UNet`` (``dival/reconstructors/networks/unet.py``,
 used by ``FBPUNetReconstructor``; reference hyper-parameters: scales=5, skip_channels=4,
@@ -27,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NORMS", "UNet2D", "UNet2DConfig"]
+__all__ = ["NORMS", "PostProcessingUNet", "PostProcessingUNetConfig"]
 
 NORMS = ("batch", "instance", "group", "none")
 _SLOPE = 0.2
 
 
 @dataclass(frozen=True)
-class UNet2DConfig:
+class PostProcessingUNetConfig:
     """Channels per scale (finest first; ``len(channels)`` = number of scales) and options.
 
     ``skip_channels``: width of the 1x1-conv skip at each of the ``len(channels) - 1`` finer
@@ -86,7 +87,7 @@ class UNet2DConfig:
         return (int(self.skip_channels),) * (len(self.channels) - 1)
 
     @classmethod
-    def tiny(cls, **overrides: object) -> "UNet2DConfig":
+    def tiny(cls, **overrides: object) -> "PostProcessingUNetConfig":
         """A 3-scale, few-thousand-parameter variant for tests and smoke runs."""
         base: dict[str, object] = {"channels": (8, 8, 16), "skip_channels": 2}
         base.update(overrides)
@@ -142,10 +143,10 @@ class _Up(nn.Module):
         return self.body(x)
 
 
-class UNet2D(nn.Module):
+class PostProcessingUNet(nn.Module):
     """``(B, in_channels, H, W)`` -> ``(B, out_channels, H, W)`` for any ``H, W``."""
 
-    def __init__(self, config: UNet2DConfig = UNet2DConfig()) -> None:
+    def __init__(self, config: PostProcessingUNetConfig = PostProcessingUNetConfig()) -> None:
         super().__init__()
         self.config = config
         ch, norm = config.channels, config.norm
@@ -179,7 +180,7 @@ class UNet2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(f"UNet2D expects (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+            raise ValueError(f"PostProcessingUNet expects (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
         padded = self._pad(x)
         top, left = (padded.shape[-2] - height) // 2, (padded.shape[-1] - width) // 2

@@ -3,8 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from ctpipe.models.direct256 import DIRECT256_TINY, Direct256, Direct256Config
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, count_parameters
+from ctpipe.models.xray2ct_progressive import XRAY2CT_PROGRESSIVE_TINY, XRay2CTProgressive, XRay2CTProgressiveConfig
 
 
 def xrays(batch: int = 2) -> torch.Tensor:
@@ -13,7 +13,7 @@ def xrays(batch: int = 2) -> torch.Tensor:
 
 def test_tiny_forward_gives_three_scales_in_unit_range():
     torch.manual_seed(0)
-    out = Direct256(DIRECT256_TINY)(xrays())
+    out = XRay2CTProgressive(XRAY2CT_PROGRESSIVE_TINY)(xrays())
     assert sorted(out) == [8, 16, 32]
     for size, volume in out.items():
         assert volume.shape == (2, 1, size, size, size)
@@ -22,8 +22,8 @@ def test_tiny_forward_gives_three_scales_in_unit_range():
 
 def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
-    plain = Direct256(DIRECT256_TINY)
-    checkpointed = Direct256(dataclasses.replace(DIRECT256_TINY, gradient_checkpointing=True))
+    plain = XRay2CTProgressive(XRAY2CT_PROGRESSIVE_TINY)
+    checkpointed = XRay2CTProgressive(dataclasses.replace(XRAY2CT_PROGRESSIVE_TINY, gradient_checkpointing=True))
     checkpointed.load_state_dict(plain.state_dict())
     assert checkpointed.transformer.config.gradient_checkpointing  # the flag reaches the ViT blocks
     x = xrays()
@@ -38,7 +38,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_reuses_the_stage1_encoder_and_transformer():
     torch.manual_seed(0)
     stage1 = XRay2CT64(XRAY2CT_TINY).eval()
-    direct = Direct256(DIRECT256_TINY).eval()
+    direct = XRay2CTProgressive(XRAY2CT_PROGRESSIVE_TINY).eval()
     direct.load_stage1_state_dict(stage1.state_dict())
     x = xrays()
     with torch.no_grad():
@@ -48,10 +48,10 @@ def test_reuses_the_stage1_encoder_and_transformer():
 
 
 def test_default_config_counts_and_validation():
-    config = Direct256Config()
+    config = XRay2CTProgressiveConfig()
     assert config.output_sizes == (64, 128, 256)
     with torch.device("meta"):
-        model = Direct256(config)
+        model = XRay2CTProgressive(config)
     assert 12_000_000 < count_parameters(model) < 20_000_000
     with pytest.raises(ValueError, match="output_size"):
-        Direct256Config(output_size=128)
+        XRay2CTProgressiveConfig(output_size=128)

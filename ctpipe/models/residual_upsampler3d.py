@@ -1,4 +1,6 @@
-"""Refine256: a stage-1 64^3 volume -> refined 64^3 / 128^3 / 256^3 volumes by residual learning.
+"""ResidualUpsampler3D: a stage-1 64^3 volume -> refined 64^3 / 128^3 / 256^3 volumes by residual learning.
+
+The network of stage ``refine_256`` (over a frozen stage-1 model).
 
 For every output scale ``s`` in (64, 128, 256) the network predicts a *residual* that is added to the
 trilinear upsampling of the input to ``s^3``::
@@ -30,7 +32,7 @@ from ctpipe.models.xray2ct import group_norm
 
 
 @dataclass(frozen=True)
-class Refine256Config:
+class ResidualUpsampler3DConfig:
     input_size: int = 64
     channels: tuple[int, int, int] = (32, 16, 8)  # feature widths at 1x, 2x, 4x the input size
     blocks: tuple[int, int, int] = (3, 2, 1)      # SE residual blocks per scale
@@ -39,16 +41,17 @@ class Refine256Config:
 
     def __post_init__(self) -> None:
         if len(self.channels) != 3 or len(self.blocks) != 3:
-            raise ValueError("Refine256Config: channels and blocks need one entry per scale (1x, 2x, 4x)")
+            raise ValueError("ResidualUpsampler3DConfig: channels and blocks need one entry per scale (1x, 2x, 4x)")
         if self.input_size < 1 or min(self.channels) < 1 or min(self.blocks) < 0:
-            raise ValueError(f"Refine256Config: sizes must be positive, got {self}")
+            raise ValueError(f"ResidualUpsampler3DConfig: sizes must be positive, got {self}")
 
     @property
     def output_sizes(self) -> tuple[int, int, int]:
         return (self.input_size, 2 * self.input_size, 4 * self.input_size)
 
 
-REFINE256_TINY = Refine256Config(input_size=8, channels=(8, 8, 4), blocks=(1, 1, 1), se_reduction=2)
+RESIDUAL_UPSAMPLER3D_TINY = ResidualUpsampler3DConfig(input_size=8, channels=(8, 8, 4), blocks=(1, 1, 1),
+                                                      se_reduction=2)
 
 
 class SqueezeExcitation3D(nn.Module):
@@ -114,8 +117,8 @@ def run_stages(stages: nn.ModuleList, x: Tensor, use_checkpoint: bool) -> Tensor
     return x
 
 
-class Refine256(nn.Module):
-    def __init__(self, config: Refine256Config = Refine256Config()) -> None:
+class ResidualUpsampler3D(nn.Module):
+    def __init__(self, config: ResidualUpsampler3DConfig = ResidualUpsampler3DConfig()) -> None:
         super().__init__()
         self.config = config
         c1, c2, c4 = config.channels
@@ -133,7 +136,8 @@ class Refine256(nn.Module):
     def forward(self, volume: Tensor) -> dict[int, Tensor]:
         n = self.config.input_size
         if volume.dim() != 5 or tuple(volume.shape[1:]) != (1, n, n, n):
-            raise ValueError(f"Refine256: expected input of shape (B, 1, {n}, {n}, {n}), got {tuple(volume.shape)}")
+            raise ValueError(f"ResidualUpsampler3D: expected input of shape (B, 1, {n}, {n}, {n}), "
+                             f"got {tuple(volume.shape)}")
         ckpt = self.config.gradient_checkpointing and torch.is_grad_enabled()
         f1 = run_stages(self.blocks1, self.stem(volume), ckpt)
         f2 = run_stages(self.blocks2, apply(self.up2, f1, ckpt), ckpt)

@@ -1,8 +1,10 @@
-"""Direct256: dual-view X-rays -> 256^3 CT, trained end to end.
+"""XRay2CTProgressive: dual-view X-rays -> 256^3 CT through a progressive decoder, trained end to end.
+
+The network of stage ``direct_256``.
 
 The X-ray encoder and the hybrid 3D ViT are those of stage 1 (:class:`XRayEncoder`,
 :class:`VolumeTransformer` from :mod:`ctpipe.models.xray2ct`, by composition; stage-1 weights can be
-loaded with :meth:`Direct256.load_stage1_state_dict`). A progressive decoder upsamples the token
+loaded with :meth:`XRay2CTProgressive.load_stage1_state_dict`). A progressive decoder upsamples the token
 grid by stride-2 stages (g -> ... -> 64 -> 128 -> 256 at the default config) and emits sigmoid
 outputs at the last three scales (``output_size / 4``, ``/ 2``, ``output_size``) for multi-scale
 supervision. ``gradient_checkpointing=True`` checkpoints the transformer blocks *and* every decoder
@@ -23,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from ctpipe.models.layout import guard_layout, refuse_foreign_keys
-from ctpipe.models.refine256 import apply
+from ctpipe.models.residual_upsampler3d import apply
 from ctpipe.models.xray2ct import XRAY2CT_TINY, UpBlock3D, VolumeTransformer, XRay2CTConfig, XRayEncoder
 
 
 @dataclass(frozen=True)
-class Direct256Config:
+class XRay2CTProgressiveConfig:
     backbone: XRay2CTConfig = XRay2CTConfig()
     output_size: int = 256
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 8)  # one per stride-2 stage from the token grid
@@ -39,22 +41,22 @@ class Direct256Config:
         expected = grid * 2 ** len(self.decoder_channels)
         if expected != self.output_size:
             raise ValueError(
-                f"Direct256Config: token grid {grid} x 2^len(decoder_channels)={expected} must equal "
+                f"XRay2CTProgressiveConfig: token grid {grid} x 2^len(decoder_channels)={expected} must equal "
                 f"output_size={self.output_size}; use {int(math.log2(self.output_size / grid))} decoder stages"
             )
         if len(self.decoder_channels) < 3:
-            raise ValueError("Direct256Config: need at least 3 decoder stages (three output scales)")
+            raise ValueError("XRay2CTProgressiveConfig: need at least 3 decoder stages (three output scales)")
 
     @property
     def output_sizes(self) -> tuple[int, int, int]:
         return (self.output_size // 4, self.output_size // 2, self.output_size)
 
 
-DIRECT256_TINY = Direct256Config(backbone=XRAY2CT_TINY, output_size=32, decoder_channels=(8, 8, 4))
+XRAY2CT_PROGRESSIVE_TINY = XRay2CTProgressiveConfig(backbone=XRAY2CT_TINY, output_size=32, decoder_channels=(8, 8, 4))
 
 
-class Direct256(nn.Module):
-    def __init__(self, config: Direct256Config = Direct256Config()) -> None:
+class XRay2CTProgressive(nn.Module):
+    def __init__(self, config: XRay2CTProgressiveConfig = XRay2CTProgressiveConfig()) -> None:
         super().__init__()
         self.config = config
         backbone = dataclasses.replace(config.backbone, gradient_checkpointing=config.gradient_checkpointing)
@@ -86,6 +88,7 @@ class Direct256(nn.Module):
         own = {k for k in self.state_dict() if k.startswith(("encoder.", "transformer."))}
         missing = sorted(own - set(wanted))
         if missing:
-            raise KeyError(f"Direct256.load_stage1_state_dict: stage-1 state dict lacks {missing[:5]}... ({len(missing)} keys); "
+            raise KeyError(f"XRay2CTProgressive.load_stage1_state_dict: stage-1 state dict lacks {missing[:5]}... "
+                           f"({len(missing)} keys); "
                            "pass XRay2CT64.state_dict() of a model built with the same backbone config")
         self.load_state_dict(wanted, strict=False)
