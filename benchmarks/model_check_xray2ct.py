@@ -20,12 +20,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ctpipe.losses3d import ssim3d
+from ctpipe.losses import VolumeLoss, VolumeLossConfig, ssim3d
 from ctpipe.models.direct256 import DIRECT256_TINY, Direct256, Direct256Config
 from ctpipe.models.memory import estimate_memory
 from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig, count_parameters
-from ctpipe.stages.xray2ct_common import VolumeLoss, VolumeLossConfig
 
 GIB = 1024**3
 

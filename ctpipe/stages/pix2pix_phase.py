@@ -6,7 +6,7 @@ Data: a ``nifti_pairs`` shard set (``ctpipe prep nifti-pairs``): fields ``input`
 Training (the reference's order, one optimizer per network): ``fake = G(a)``; D step on
 ``0.5 * (GAN(D(a, b), real) + GAN(D(a, fake.detach()), fake))``; then G step on
 ``GAN(D'(a, fake), real) + lambda_l1 * |fake - b|_1`` against the UPDATED D, where D' is a detached
-parameter snapshot (:func:`ctpipe.models.gan_loss.generator_loss`), so the G loss sends no gradient to D.
+parameter snapshot (:func:`ctpipe.losses.gan.generator_loss`), so the G loss sends no gradient to D.
 The D step runs through ``stepper.module("D")`` (the DDP wrapper: its gradients are all-reduced); the G
 step's D pass uses the raw ``task.D`` -- exactly what ``generator_loss`` unwraps a DDP wrapper to -- because
 it needs no gradient sync and a ``torch.compile`` wrapper has no ``.module`` to unwrap. Learning rates
@@ -262,7 +262,7 @@ class Pix2PixPhaseTask:
                             "prep": self.prep.to_dict()}
 
     def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        from ctpipe.models.gan_loss import discriminator_loss, generator_loss
+        from ctpipe.losses.gan import discriminator_loss, generator_loss
 
         a, b = batch[self.cfg.data.input_field], batch[self.cfg.data.target_field]
         mode = self.cfg.loss.gan_mode

@@ -26,6 +26,7 @@ import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
+from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config, trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.stage1_64 import TRILINEAR_MODEL, load_best
@@ -33,8 +34,6 @@ from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
     SSIM_COLUMN,
     XRAY_FIELD,
-    VolumeLoss,
-    VolumeLossConfig,
     XRayDataConfig,
     check_shard_set,
     evaluate_volume_models,
