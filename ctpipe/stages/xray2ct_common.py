@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ctpipe.atomic import atomic_path
 from ctpipe.config import ConfigError
+from ctpipe.intensity import XRAY2CT_HU_WINDOW
 from ctpipe.metrics import (
     X2CT_PSNR_COLUMN,
     X2CT_SSIM_COLUMN,
@@ -47,7 +48,6 @@ from ctpipe.stages.base import write_eval_tables, write_examples
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HU_WINDOW = (-1024.0, 1476.0)  # the prep's window (X2CT-GAN's 0..2500 offset)
 XRAY_FIELD = "xray"
 FOV_FIELD = "fov_mm"
 SPLITS = ("validation", "test")
@@ -76,7 +76,7 @@ class XRayDataConfig:
     num_workers: int = 4
     volume_field: str = "volume_64"
     high_field: str = "volume_256"
-    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
+    hu_window: tuple[float, float] = XRAY2CT_HU_WINDOW
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
     from ctpipe.data.shards import read_manifest
 
     manifest = read_manifest(cfg.root)
-    window = tuple(float(v) for v in manifest.attrs.get("hu_window", DEFAULT_HU_WINDOW))
+    window = tuple(float(v) for v in manifest.attrs.get("hu_window", XRAY2CT_HU_WINDOW))
     if window != tuple(cfg.hu_window):
         raise ConfigError(f"shard set {cfg.root} uses the HU window {window}, the config says data.hu_window="
                           f"{tuple(cfg.hu_window)}; set data.hu_window={list(window)}")
@@ -260,7 +260,7 @@ PSNR_COLUMN = metric_column("psnr", 1.0)
 SSIM_COLUMN = metric_column("ssim", 1.0)
 
 
-def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = XRAY2CT_HU_WINDOW,
                    literature: bool = False) -> dict[str, Tensor]:
     """Per-volume PSNR / 3D SSIM (data_range=1 on the [0, 1] window), MAE ([0, 1] and HU); pred clamped to [0, 1].
 
@@ -282,7 +282,7 @@ def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DE
 
 
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
-                                hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> Path:
+                                hu_window: Sequence[float] = XRAY2CT_HU_WINDOW) -> Path:
     """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
     import matplotlib
 
@@ -315,7 +315,7 @@ def evaluate_volume_models(
     dataset: Any,
     out_dir: Path,
     device: torch.device,
-    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    hu_window: Sequence[float] = XRAY2CT_HU_WINDOW,
     batch_size: int = 2,
     n_examples: int = 2,
 ) -> dict[str, pd.DataFrame]:
