@@ -45,7 +45,9 @@ __all__ = [
     "SSIM_TRUNCATE",
     "SSIM_K1",
     "SSIM_K2",
+    "HIGHER_IS_BETTER",
     "check_range",
+    "higher_is_better",
     "data_range_label",
     "mae",
     "metric_column",
@@ -125,6 +127,22 @@ def metric_column(name: str, data_range: DataRange | None) -> str:
     if data_range is None:
         return name
     return f"{name}[range={data_range_label(data_range)}]"
+
+
+# Direction of each quantity a history or evaluation column starts with (``psnr[range=1]``, ``psnr_hu[range=4095]``,
+# ``ssim2d_norm[range=1]``, ``mae_hu``, ``loss_l1``): True when higher is better.
+HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "ssim2d": True, "mae": False, "mse": False,
+                                     "loss": False}
+
+
+def higher_is_better(column: str) -> bool | None:
+    """Whether a larger value of ``column`` is better; ``None`` when its quantity is unknown.
+
+    ``column`` may carry the trainer's ``val_`` / ``train_`` prefix: ``higher_is_better("val_psnr[range=1]")``."""
+    name = column.split("[", 1)[0]
+    for prefix in ("val_", "train_"):
+        name = name.removeprefix(prefix)
+    return HIGHER_IS_BETTER.get(name.split("_", 1)[0])
 
 
 def check_range(x: Tensor, low: float, high: float, name: str, tol: float = RANGE_TOLERANCE) -> None:
