@@ -60,7 +60,8 @@ def test_orientation_is_restored_in_world_coordinates(src: Path, tmp_path: Path)
     in_path = src / "trainA" / "patient_0.nii.gz"  # LPS storage: array axis 0 points to the Left
     out = infer_volume(AddRamp(), in_path, tmp_path / "ramp.nii.gz", PIX2PIX_HU_WINDOW, size=None, device="cpu")
     a, p = nib.load(str(in_path)), nib.load(str(out))
-    added = hu_to_symmetric_unit(p.get_fdata(), PIX2PIX_HU_WINDOW) - hu_to_symmetric_unit(a.get_fdata(), PIX2PIX_HU_WINDOW)
+    window = PIX2PIX_HU_WINDOW
+    added = hu_to_symmetric_unit(p.get_fdata(), window) - hu_to_symmetric_unit(a.get_fdata(), window)
     keep = a.get_fdata() < 2000  # the ramp (at most 0.23 = 470 HU here) does not hit the window's top
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in a.shape], indexing="ij"), -1).reshape(-1, 3)
     world_x = (ijk @ a.affine[:3, :3].T + a.affine[:3, 3])[:, 0].reshape(a.shape)  # RAS x: towards Right

@@ -211,7 +211,8 @@ class VolumeLoss(nn.Module):
     def __init__(self, cfg: VolumeLossConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.vgg: nn.Module | None = VGGFeatures(cfg.vgg_weights_path, cfg.vgg_layer, 1.0) if cfg.perceptual > 0 else None
+        self.vgg: nn.Module | None = (VGGFeatures(cfg.vgg_weights_path, cfg.vgg_layer, 1.0) if cfg.perceptual > 0
+                                      else None)
         self._weights = {name: w for name, w in cfg.term_weights().items() if w > 0}
 
     def _fits(self, name: str, side: int) -> bool:

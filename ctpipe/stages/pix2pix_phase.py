@@ -362,7 +362,8 @@ def volume_rows(volume: VolumeSlices, window: tuple[float, float]) -> dict[str, 
              "grid": "x".join(str(s) for s in volume.target.shape)}
     rows = {}
     for model, unit in ((MODEL_NAME, volume.prediction), (BASELINE_NAME, volume.input)):
-        rows[model] = {**ident, **evaluate_volume(symmetric_unit_to_hu(unit.astype(np.float64), window), target, window)}
+        pred = symmetric_unit_to_hu(unit.astype(np.float64), window)
+        rows[model] = {**ident, **evaluate_volume(pred, target, window)}
     return rows
 
 
