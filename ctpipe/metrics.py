@@ -25,7 +25,8 @@ differentiable SSIM loss (:mod:`ctpipe.losses.terms`), which runs them in float3
 
 Results are written to tables under names that carry the range (:func:`metric_column`), e.g.
 ``psnr[range=1]`` and ``psnr[range=per_image]``, so two numbers computed with different ranges
-can never share a column.
+can never share a column; :func:`higher_is_better` tells a column's direction (the config check refuses a
+``train.monitor_mode`` that contradicts it).
 """
 
 from __future__ import annotations
