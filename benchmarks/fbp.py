@@ -31,9 +31,10 @@ from benchmarks._common import (DEFAULT_OUT, interleaved_median_seconds, load_av
 from ctpipe import metrics
 from ctpipe.data.phantoms import random_patient_slices
 from ctpipe.ops import ParallelBeamGeometry, fbp, forward_project
+from ctpipe.ops.filters import LODOPAB_HANN_SCALING
 
 BENCHMARKS = ("fbp", "forward_projection")
-WINDOW, FREQUENCY_SCALING = "hann", 0.641  # LoDoPaB's reference FBP
+WINDOW, FREQUENCY_SCALING = "hann", LODOPAB_HANN_SCALING  # LoDoPaB's reference FBP
 
 
 @dataclass(frozen=True)

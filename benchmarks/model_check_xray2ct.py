@@ -20,12 +20,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ctpipe.losses3d import ssim3d
+from ctpipe.losses import VolumeLoss, VolumeLossConfig, ssim3d
 from ctpipe.models.memory import estimate_memory
 from ctpipe.models.residual_upsampler3d import RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig, count_parameters
 from ctpipe.models.xray2ct_progressive import XRAY2CT_PROGRESSIVE_TINY, XRay2CTProgressive, XRay2CTProgressiveConfig
-from ctpipe.stages.xray2ct_common import VolumeLoss, VolumeLossConfig
 
 GIB = 1024**3
 

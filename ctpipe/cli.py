@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 from ctpipe.checkpoint import CheckpointError
 from ctpipe.config import ConfigError
 from ctpipe.errors import DiskFullError, UserError, is_disk_full
+from ctpipe.intensity import PIX2PIX_HU_WINDOW
 from ctpipe.progress import Progress
 from ctpipe.summaries import (emit, infer_folder_summary, infer_volume_summary, infer_xray2ct_summary, prep_summary,
                               synth_files_summary, synth_lodopab_summary)
@@ -133,7 +134,7 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
     p.add_argument("--src", required=True, help="folder with trainA/ trainB/ (and optionally testA/ testB/)")
     p.add_argument("--out", required=True, help="output shard-set folder")
     p.add_argument("--size", default="512", help="slice side after resizing, or 'native' (default 512)")
-    p.add_argument("--hu-window", nargs="+", action=_HUWindowAction, default=(-1024.0, 3071.0), metavar="LOW,HIGH",
+    p.add_argument("--hu-window", nargs="+", action=_HUWindowAction, default=PIX2PIX_HU_WINDOW, metavar="LOW,HIGH",
                    help="HU window mapped onto [-1, 1], e.g. --hu-window -1024,3071 (the default; "
                         "'-1024 3071' also works)")
     p.add_argument("--split-fractions", default="0.8,0.2",

@@ -165,8 +165,8 @@ def verdict(summary_csv: Path, split: str = "test") -> tuple[float, str, str]:
 def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
     import pandas as pd
 
+    from ctpipe.intensity import XRAY2CT_HU_WINDOW
     from ctpipe.report import aggregate
-    from ctpipe.stages.xray2ct_common import DEFAULT_HU_WINDOW
 
     start = time.monotonic()
     shards = make_shards(workdir, settings)
@@ -176,7 +176,7 @@ def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> dict[str
     run_models(shards, runs, settings)
     outputs = aggregate(runs, results)
     for split in ("test", "validation"):
-        png = write_slices_png(runs, split, results / f"slices_{split}.png", DEFAULT_HU_WINDOW)
+        png = write_slices_png(runs, split, results / f"slices_{split}.png", XRAY2CT_HU_WINDOW)
         if png:
             outputs[f"slices_{split}"] = png
     summary = pd.read_csv(outputs["summary"])

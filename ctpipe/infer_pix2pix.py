@@ -25,10 +25,10 @@ from torch import nn
 
 from ctpipe import metrics
 from ctpipe.atomic import atomic_write_frame
-from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, VolumeError, canonical_slices, from_canonical, hu_to_unit,
-                                    iter_volume_paths, load_volume, nifti_stem, resize_slices, save_nifti_like,
-                                    unit_to_hu, unusable_entries, volume_hu_problem)
+from ctpipe.data.nifti_pairs import (VolumeError, canonical_slices, from_canonical, iter_volume_paths, load_volume,
+                                    nifti_stem, resize_slices, save_nifti_like, unusable_entries, volume_hu_problem)
 from ctpipe.errors import UserError
+from ctpipe.intensity import PIX2PIX_HU_WINDOW, hu_to_symmetric_unit, symmetric_unit_to_hu
 from ctpipe.progress import track
 
 
@@ -63,17 +63,17 @@ def predict_slices(generator: nn.Module, slices_hu: np.ndarray, window: Sequence
     out = np.empty(slices_hu.shape, dtype=np.float32)
     for start in range(0, slices_hu.shape[0], batch_size):
         chunk = torch.from_numpy(np.ascontiguousarray(slices_hu[start:start + batch_size], dtype=np.float32))
-        x = hu_to_unit(chunk, window)
+        x = hu_to_symmetric_unit(chunk, window)
         if size is not None:
             x = resize_slices(x, (size, size))
         y = generator(x[:, None].to(device))[:, 0].float().cpu()
         y = resize_slices(y, native)
-        out[start:start + batch_size] = unit_to_hu(y, window).numpy()
+        out[start:start + batch_size] = symmetric_unit_to_hu(y, window).numpy()
     return out
 
 
 def infer_volume(generator: nn.Module, in_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                 window: Sequence[float] = DEFAULT_WINDOW, size: int | None = 512,
+                 window: Sequence[float] = PIX2PIX_HU_WINDOW, size: int | None = 512,
                  device: torch.device | str = "cpu", batch_size: int = 8) -> Path:
     """Predict ``out_path`` (HU, float32 NIfTI, the input's affine/header/shape) from ``in_path``.
 
@@ -141,7 +141,7 @@ def _scores(pred_hu: np.ndarray, target_hu: np.ndarray, window: tuple[float, flo
     return out
 
 
-def evaluate_volume(pred_hu: np.ndarray, target_hu: np.ndarray, window: Sequence[float] = DEFAULT_WINDOW,
+def evaluate_volume(pred_hu: np.ndarray, target_hu: np.ndarray, window: Sequence[float] = PIX2PIX_HU_WINDOW,
                     input_hu: np.ndarray | None = None) -> dict[str, float]:
     """Scores of a predicted volume against the target, both ``(D, H, W)`` HU arrays, axial slices on axis 0.
 
@@ -184,7 +184,7 @@ def _canonical_axial(path: Path) -> np.ndarray:
 
 
 def infer_folder(generator: nn.Module, in_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                 window: Sequence[float] = DEFAULT_WINDOW, size: int | None = 512,
+                 window: Sequence[float] = PIX2PIX_HU_WINDOW, size: int | None = 512,
                  device: torch.device | str = "cpu", batch_size: int = 8,
                  target_dir: str | os.PathLike[str] | None = None) -> FolderResult:
     """:func:`infer_volume` for every NIfTI in ``in_dir`` (same names in ``out_dir``).

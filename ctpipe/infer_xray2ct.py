@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 
 from ctpipe.atomic import atomic_path
 from ctpipe.errors import UserError
+from ctpipe.intensity import unit_interval_to_hu
 
 XRAY_RANGE = (0.0, 1.0)  # drr_to_image's output range
 XRAY_TOLERANCE = 0.05  # interpolation or a different renderer may overshoot a little; far outside is refused
@@ -122,11 +123,6 @@ def volume_affine(size: int, fov_mm: float) -> np.ndarray:
     return affine
 
 
-def unit_to_hu(volume: np.ndarray, hu_window: Sequence[float]) -> np.ndarray:
-    low, high = float(hu_window[0]), float(hu_window[1])
-    return (np.clip(volume, 0.0, 1.0) * (high - low) + low).astype(np.float32)
-
-
 def save_ct_nifti(volume_hu: np.ndarray, fov_mm: float, out: str | os.PathLike[str]) -> Path:
     """Write a RAS ``(s, s, s)`` HU volume atomically (the temp file keeps the ``.nii``/``.nii.gz`` suffix)."""
     out = Path(out)
@@ -210,5 +206,5 @@ def infer_xray2ct(checkpoint: str | os.PathLike[str], xrays: str | os.PathLike[s
     """X-rays -> CT NIfTI in HU (see the module docstring)."""
     source = load_xrays(xrays, sample_id, fov_mm)
     volume, window, model = predict_unit_volume(checkpoint, source.xray, refine, device)
-    path = save_ct_nifti(unit_to_hu(volume, window), source.fov_mm, out)
+    path = save_ct_nifti(unit_interval_to_hu(volume, window).astype(np.float32), source.fov_mm, out)
     return InferenceResult(path, tuple(volume.shape), source.fov_mm / volume.shape[0], window, model)  # type: ignore[arg-type]

@@ -19,21 +19,20 @@ SSIM matches ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
 use_sample_covariance=False, data_range=R)``: Gaussian window sigma 1.5 truncated at 3.5 sigma
 (11 taps), K1 = 0.01, K2 = 0.03, mean of the SSIM map over the region where the window fits
 (``(W - 1) / 2`` pixels cropped from every border). For volumes :func:`ssim` is a true 3D SSIM
-(the same separable Gaussian along all three axes, as skimage does for a 3D array);
-:func:`ssim_slicewise` is the mean of 2D SSIM over axial slices (first spatial axis, ``D``).
+(the same separable Gaussian along all three axes, as skimage does for a 3D array). The Gaussian
+window and the SSIM formula (:func:`gaussian_window`, :func:`ssim_map`) are shared with the
+differentiable SSIM loss (:mod:`ctpipe.losses.terms`), which runs them in float32 with autograd.
 
 Results are written to tables under names that carry the range (:func:`metric_column`), e.g.
 ``psnr[range=1]`` and ``psnr[range=per_image]``, so two numbers computed with different ranges
-can never share a column. :class:`MetricAccumulator` collects per-sample values and sums that a
-distributed reduction adds up (never averages of averages) and reports the observed target range
-next to the declared one, which makes a range mismatch visible in every summary.
+can never share a column; :func:`higher_is_better` tells a column's direction (the config check refuses a
+``train.monitor_mode`` that contradicts it).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,18 +46,17 @@ __all__ = [
     "SSIM_TRUNCATE",
     "SSIM_K1",
     "SSIM_K2",
-    "MetricSpec",
-    "METRIC_SPECS",
-    "MetricAccumulator",
-    "REDUCE_OPS",
+    "HIGHER_IS_BETTER",
     "check_range",
+    "higher_is_better",
     "data_range_label",
     "mae",
-    "merge_states",
     "metric_column",
     "psnr",
     "ssim",
-    "ssim_slicewise",
+    "gaussian_window",
+    "ssim_formula",
+    "ssim_map",
     "ssim_window_size",
     "X2CT_PSNR_COLUMN",
     "X2CT_SSIM_COLUMN",
@@ -130,6 +128,22 @@ def metric_column(name: str, data_range: DataRange | None) -> str:
     if data_range is None:
         return name
     return f"{name}[range={data_range_label(data_range)}]"
+
+
+# Direction of each quantity a history or evaluation column starts with (``psnr[range=1]``, ``psnr_hu[range=4095]``,
+# ``ssim2d_norm[range=1]``, ``mae_hu``, ``loss_l1``): True when higher is better.
+HIGHER_IS_BETTER: dict[str, bool] = {"psnr": True, "ssim": True, "ssim2d": True, "mae": False, "mse": False,
+                                     "loss": False}
+
+
+def higher_is_better(column: str) -> bool | None:
+    """Whether a larger value of ``column`` is better; ``None`` when its quantity is unknown.
+
+    ``column`` may carry the trainer's ``val_`` / ``train_`` prefix: ``higher_is_better("val_psnr[range=1]")``."""
+    name = column.split("[", 1)[0]
+    for prefix in ("val_", "train_"):
+        name = name.removeprefix(prefix)
+    return HIGHER_IS_BETTER.get(name.split("_", 1)[0])
 
 
 def check_range(x: Tensor, low: float, high: float, name: str, tol: float = RANGE_TOLERANCE) -> None:
@@ -224,15 +238,16 @@ def ssim_window_size(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE)
     return 2 * int(truncate * sigma + 0.5) + 1
 
 
-def _gaussian_kernel1d(device: torch.device) -> Tensor:
+def gaussian_window(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The normalised 1D SSIM window (sigma 1.5, 11 taps), computed in float64 and cast to ``dtype``."""
     radius = ssim_window_size() // 2
     x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
     g = torch.exp(-0.5 * (x / SSIM_SIGMA) ** 2)
-    return g / g.sum()
+    return (g / g.sum()).to(dtype)
 
 
 def _filter_valid(x: Tensor, kernel1d: Tensor) -> Tensor:
-    """Separable Gaussian filter of ``(N, 1, *spatial)`` keeping only where the window fits."""
+    """Separable filter of ``(N, 1, *spatial)`` along every spatial axis, keeping only where the window fits."""
     n_spatial = x.ndim - 2
     conv = F.conv2d if n_spatial == 2 else F.conv3d
     for axis in range(n_spatial):
@@ -242,27 +257,35 @@ def _filter_valid(x: Tensor, kernel1d: Tensor) -> Tensor:
     return x
 
 
+def ssim_formula(mu_x: Tensor, mu_y: Tensor, var_x: Tensor, var_y: Tensor, cov: Tensor,
+                 c1: Tensor | float, c2: Tensor | float) -> Tensor:
+    """The SSIM map from local means, variances and covariance (Wang et al. 2004, eq. 13)."""
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return numerator / denominator
+
+
+def ssim_map(x: Tensor, y: Tensor, c1: Tensor | float, c2: Tensor | float) -> Tensor:
+    """SSIM map of ``(N, 1, *spatial)`` pairs with the Gaussian window over all spatial axes (valid region).
+
+    Keeps the autograd graph and the inputs' dtype: the metrics call it on detached float64 data, the
+    SSIM loss on float32 data with gradients. ``c1`` / ``c2`` are floats or ``(N, 1, ...)`` tensors."""
+    win = ssim_window_size()
+    if min(x.shape[2:]) < win:
+        raise ValueError(f"SSIM needs at least {win} pixels along every spatial axis, got {tuple(x.shape[2:])}")
+    stacked = _filter_valid(torch.cat([x, y, x * x, y * y, x * y], dim=0), gaussian_window(x.device, x.dtype))
+    mu_x, mu_y, xx, yy, xy = stacked.chunk(5, dim=0)
+    return ssim_formula(mu_x, mu_y, xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y, c1, c2)
+
+
 def _ssim_core(pred: Tensor, target: Tensor, width: Tensor) -> Tensor:
     """SSIM of ``(B, C, *spatial)`` with ``width`` ``(B,)``; Gaussian window over all spatial axes."""
     batch, channels = pred.shape[:2]
     spatial = pred.shape[2:]
-    win = ssim_window_size()
-    if min(spatial) < win:
-        raise ValueError(
-            f"SSIM needs at least {win} pixels along every spatial axis, got {tuple(spatial)}"
-        )
     x = pred.detach().to(torch.float64).reshape(batch * channels, 1, *spatial)
     y = target.detach().to(torch.float64).reshape(batch * channels, 1, *spatial)
-    kernel = _gaussian_kernel1d(x.device)
-    mu_x, mu_y = _filter_valid(x, kernel), _filter_valid(y, kernel)
-    var_x = _filter_valid(x * x, kernel) - mu_x * mu_x
-    var_y = _filter_valid(y * y, kernel) - mu_y * mu_y
-    cov = _filter_valid(x * y, kernel) - mu_x * mu_y
     r = width.repeat_interleave(channels).reshape(-1, *([1] * (x.ndim - 1)))
-    c1, c2 = (SSIM_K1 * r) ** 2, (SSIM_K2 * r) ** 2
-    numerator = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    per_channel = _per_sample_mean(numerator / denominator)
+    per_channel = _per_sample_mean(ssim_map(x, y, (SSIM_K1 * r) ** 2, (SSIM_K2 * r) ** 2))
     return per_channel.reshape(batch, channels).mean(dim=1)
 
 
@@ -275,25 +298,6 @@ def ssim(pred: Tensor, target: Tensor, data_range: DataRange) -> Tensor:
     _check_pair(pred, target)
     width = _range_per_sample(target, data_range)
     return _ssim_core(pred, target, width)
-
-
-def ssim_slicewise(pred: Tensor, target: Tensor, data_range: DataRange) -> Tensor:
-    """Mean of 2D SSIM over the axial slices (axis ``D``) of ``(B, C, D, H, W)`` volumes, ``(B,)``.
-
-    With ``"per_image"`` the range is that of the whole volume (one range per sample, as for
-    the other metrics), not of each slice.
-    """
-    _check_pair(pred, target)
-    if pred.ndim != 5:
-        raise ValueError(f"ssim_slicewise expects (B, C, D, H, W) volumes, got {tuple(pred.shape)}")
-    width = _range_per_sample(target, data_range)
-    batch, channels, depth, height, wid = pred.shape
-
-    def to_slices(v: Tensor) -> Tensor:
-        return v.permute(0, 2, 1, 3, 4).reshape(batch * depth, channels, height, wid)
-
-    per_slice = _ssim_core(to_slices(pred), to_slices(target), width.repeat_interleave(depth))
-    return per_slice.reshape(batch, depth).mean(dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,8 +354,7 @@ def _ssim2d_uniform(x: Tensor, y: Tensor, data_range: float) -> Tensor:
     var_y = cov_norm * (mean(y * y) - mu_y * mu_y)
     cov = cov_norm * (mean(x * y) - mu_x * mu_y)
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
-    return _per_sample_mean(s)
+    return _per_sample_mean(ssim_formula(mu_x, mu_y, var_x, var_y, cov, c1, c2))
 
 
 def ssim2d_x2ct(pred: Tensor, target: Tensor) -> Tensor:
@@ -371,183 +374,3 @@ def ssim2d_x2ct(pred: Tensor, target: Tensor) -> Tensor:
         ys = y.movedim(axis, 1).reshape(-1, 1, *[n for a, n in enumerate(y.shape) if a not in (0, axis)])
         per_axis.append(_ssim2d_uniform(xs, ys, 1.0).reshape(batch, -1).mean(dim=1))
     return torch.stack(per_axis).mean(dim=0)
-
-
-# --------------------------------------------------------------------------------------------
-# naming
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """What a metric column means: its name, the data range it was computed with, its direction."""
-
-    name: str
-    data_range: str  # a data_range_label(): "1", "4095", "-1..1", "per_image"; "" when range-free
-    higher_is_better: bool
-
-    @property
-    def column(self) -> str:
-        return f"{self.name}[range={self.data_range}]" if self.data_range else self.name
-
-
-METRIC_SPECS: dict[str, bool] = {  # metric name -> higher_is_better
-    "psnr": True,
-    "psnr_pooled": True,
-    "ssim": True,
-    "ssim_slicewise": True,
-    "mae": False,
-}
-_RANGE_FREE = frozenset({"mae"})
-
-
-def _spec(name: str, data_range: DataRange) -> MetricSpec:
-    label = "" if name in _RANGE_FREE else data_range_label(data_range)
-    return MetricSpec(name=name, data_range=label, higher_is_better=METRIC_SPECS[name])
-
-
-# --------------------------------------------------------------------------------------------
-# accumulation for evaluation loops (distributed-friendly)
-# --------------------------------------------------------------------------------------------
-
-REDUCE_OPS: dict[str, str] = {  # state key -> how a distributed reduction combines it
-    "count": "sum",
-    "psnr_sum": "sum",
-    "ssim_sum": "sum",
-    "mae_sum": "sum",
-    "sse_sum": "sum",
-    "n_elements": "sum",
-    "target_min": "min",
-    "target_max": "max",
-}
-
-
-def merge_states(states: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Combine accumulator states as ``all_reduce`` would (sum / min / max per :data:`REDUCE_OPS`)."""
-    if not states:
-        raise ValueError("merge_states needs at least one state")
-    reducers = {"sum": torch.sum, "min": torch.amin, "max": torch.amax}
-    return {
-        key: reducers[op](torch.stack([s[key].to(states[0][key].device) for s in states]), dim=0)
-        for key, op in REDUCE_OPS.items()
-    }
-
-
-class MetricAccumulator:
-    """Collect PSNR / SSIM / MAE over an evaluation set, per sample and as reducible sums.
-
-    ``volume_ssim`` chooses SSIM for 5D input: ``"3d"`` (true 3D SSIM, column ``ssim``) or
-    ``"slicewise"`` (column ``ssim_slicewise``). Distributed use: every rank calls
-    :meth:`update`; then ``all_reduce`` each tensor of :meth:`state` with the op in
-    :data:`REDUCE_OPS` (or gather the states and call :func:`merge_states`) and pass the result
-    to :meth:`summary`. Per-sample values (:meth:`rows`) stay on each rank (gather with
-    ``all_gather_object`` if wanted).
-
-    ``psnr`` in the summary is the mean of per-sample PSNRs (the LoDoPaB convention);
-    ``psnr_pooled`` (fixed ranges only) is the PSNR of the pooled MSE over all pixels.
-    The summary also reports ``target_min`` / ``target_max`` seen, so a declared range that does
-    not fit the data (e.g. 4095 for data in [0, 2500]) is visible next to the number.
-    """
-
-    def __init__(self, data_range: DataRange, volume_ssim: Literal["3d", "slicewise"] = "3d") -> None:
-        _bounds(data_range)  # validate now, not at the first update
-        if volume_ssim not in ("3d", "slicewise"):
-            raise ValueError(f"volume_ssim must be '3d' or 'slicewise', got {volume_ssim!r}")
-        self.data_range = data_range
-        self.volume_ssim = volume_ssim
-        self._ndim: int | None = None
-        self._sums: dict[str, Tensor] | None = None
-        self._values: list[Tensor] = []  # (b, 3) float64 per update: psnr, ssim, mae
-        self._ids: list[str] = []
-
-    @property
-    def ssim_name(self) -> str:
-        return "ssim_slicewise" if self._ndim == 5 and self.volume_ssim == "slicewise" else "ssim"
-
-    def _metric_names(self) -> tuple[str, str, str]:
-        return ("psnr", self.ssim_name, "mae")
-
-    def _empty_sums(self, device: torch.device) -> dict[str, Tensor]:
-        sums = {k: torch.zeros((), dtype=torch.float64, device=device) for k in REDUCE_OPS}
-        sums["target_min"] = torch.tensor(math.inf, dtype=torch.float64, device=device)
-        sums["target_max"] = torch.tensor(-math.inf, dtype=torch.float64, device=device)
-        return sums
-
-    @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor, sample_ids: Sequence[str]) -> Tensor:
-        """Add a batch; returns its per-sample values ``(B, 3)`` (psnr, ssim, mae)."""
-        _check_pair(pred, target)
-        if len(sample_ids) != pred.shape[0]:
-            raise ValueError(f"{len(sample_ids)} sample_ids for a batch of {pred.shape[0]}")
-        if self._ndim is None:
-            self._ndim = pred.ndim
-            self._sums = self._empty_sums(pred.device)
-        elif pred.ndim != self._ndim:
-            raise ValueError(f"mixed {self._ndim}D and {pred.ndim}D inputs in one accumulator")
-        assert self._sums is not None
-        ssim_fn = ssim_slicewise if self.ssim_name == "ssim_slicewise" else ssim
-        values = torch.stack(
-            [psnr(pred, target, self.data_range), ssim_fn(pred, target, self.data_range), mae(pred, target)],
-            dim=1,
-        )
-        sse = _mse64(pred, target) * target[0].numel()
-        t = target.detach().to(torch.float64)
-        s = self._sums
-        s["count"] += pred.shape[0]
-        s["psnr_sum"] += values[:, 0].sum()
-        s["ssim_sum"] += values[:, 1].sum()
-        s["mae_sum"] += values[:, 2].sum()
-        s["sse_sum"] += sse.sum()
-        s["n_elements"] += target.numel()
-        s["target_min"] = torch.minimum(s["target_min"], t.min())
-        s["target_max"] = torch.maximum(s["target_max"], t.max())
-        self._values.append(values)
-        self._ids.extend(str(i) for i in sample_ids)
-        return values
-
-    def state(self, device: torch.device | str | None = None) -> dict[str, Tensor]:
-        """The reducible state: float64 scalar tensors (see REDUCE_OPS).
-
-        On ``device`` if given (NCCL needs CUDA tensors, also on a rank that saw no sample),
-        else on the inputs' device (CPU before the first update).
-        """
-        if self._sums is None:
-            sums = self._empty_sums(torch.device(device if device is not None else "cpu"))
-        else:
-            sums = {k: v.clone() for k, v in self._sums.items()}
-        return sums if device is None else {k: v.to(device) for k, v in sums.items()}
-
-    def columns(self) -> list[MetricSpec]:
-        """The specs of the per-sample columns, in the order of :meth:`rows` values."""
-        return [_spec(name, self.data_range) for name in self._metric_names()]
-
-    def rows(self) -> list[dict[str, float | str]]:
-        """One dict per sample seen by this process: ``sample_id`` and one entry per metric column."""
-        if not self._values:
-            return []
-        values = torch.cat(self._values).cpu().tolist()
-        names = [spec.column for spec in self.columns()]
-        return [{"sample_id": sid, **dict(zip(names, row))} for sid, row in zip(self._ids, values)]
-
-    def summary(self, state: dict[str, Tensor] | None = None) -> dict[str, float]:
-        """Means over all samples (of ``state``, default this process's), keyed by column name."""
-        s = {k: float(v) for k, v in (self.state() if state is None else state).items()}
-        count = s["count"]
-        if count == 0:
-            raise ValueError("MetricAccumulator.summary: no samples were added")
-        names = self._metric_names()
-        out: dict[str, float] = {
-            _spec(names[0], self.data_range).column: s["psnr_sum"] / count,
-            _spec(names[1], self.data_range).column: s["ssim_sum"] / count,
-            _spec(names[2], self.data_range).column: s["mae_sum"] / count,
-        }
-        bounds = _bounds(self.data_range)
-        if bounds is not None:
-            width = bounds[1] - bounds[0]
-            mse = s["sse_sum"] / s["n_elements"]
-            pooled = math.inf if mse == 0 else 10.0 * math.log10(width * width / mse)
-            out[_spec("psnr_pooled", self.data_range).column] = pooled
-        out["n_samples"] = count
-        out["target_min"] = s["target_min"]
-        out["target_max"] = s["target_max"]
-        return out

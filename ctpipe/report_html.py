@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ctpipe.atomic import atomic_write_bytes, atomic_write_text
+from ctpipe.intensity import hu_to_unit_interval
 
 REPORT_NAME = "report.html"
 DISTRIBUTIONS_PNG = "distributions.png"
@@ -37,8 +38,8 @@ class DisplayWindow:
     high: float | None = None
 
 
-def _hu_to_xray_unit(hu: float) -> float:  # the X-ray -> CT targets: HU window [-1024, 1476] mapped onto [0, 1]
-    return (hu + 1024.0) / 2500.0
+def _hu_to_xray_unit(hu: float) -> float:  # the X-ray -> CT targets' units (XRAY2CT_HU_WINDOW onto [0, 1])
+    return float(hu_to_unit_interval(np.float64(hu)))
 
 
 # Per stage (explicit; unknown stages fall back to the target's own range). The phase data are HU slices of

@@ -383,7 +383,3 @@ def _evaluate_then_wait(spec: Any, cfg: Any, task: Any, run_dir: Path, device: t
     with flag.installed():
         dist_utils.wait_for_all()
     return done
-
-
-def summarize(result: RunResult) -> str:
-    return json.dumps(result.__dict__)

@@ -1,10 +1,12 @@
-"""Epoch counts that must fit inside ``train.epochs``, checked when a config is built (with the fix)."""
+"""Epoch counts that must fit inside ``train.epochs`` and a ``train.monitor_mode`` that matches the monitored
+metric's direction, checked when a config is built (with the fix)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ctpipe.config import ConfigError
+from ctpipe.metrics import higher_is_better
 
 
 def linear_decay_problem(n_epochs_constant: int, epochs: int) -> str | None:
@@ -17,12 +19,22 @@ def linear_decay_problem(n_epochs_constant: int, epochs: int) -> str | None:
             f"or train.epochs={max(2 * n_epochs_constant, 1)}")
 
 
+def monitor_problem(monitor: str, monitor_mode: str) -> str | None:
+    """Why ``train.monitor_mode`` would keep the WORST checkpoint as ``best.pt`` and what to set, or None."""
+    higher = higher_is_better(monitor)
+    if higher is None or (monitor_mode == "max") == higher:
+        return None
+    return (f"train.monitor={monitor!r} is better when {'higher' if higher else 'lower'}, but "
+            f"train.monitor_mode={monitor_mode!r} would keep the worst epoch as best.pt; set "
+            f"train.monitor_mode={'max' if higher else 'min'}")
+
+
 def schedule_problems(cfg: Any) -> list[str]:
     """Problems of a stage config's schedule lengths relative to ``train.epochs`` (empty when it fits)."""
     train = getattr(cfg, "train", None)
     if train is None:
         return []
-    problems = []
+    problems = [p for p in [monitor_problem(train.monitor, train.monitor_mode)] if p]
     scheduler = getattr(cfg, "scheduler", None)
     if scheduler is not None and scheduler.name == "linear_decay":
         problem = linear_decay_problem(scheduler.n_epochs_constant, train.epochs)

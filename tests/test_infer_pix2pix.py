@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from ctpipe.data.nifti_pairs import DEFAULT_WINDOW, hu_to_unit
 from ctpipe.data.synthetic_phases import write_synthetic_phases
 from ctpipe.infer_pix2pix import evaluate_volume, infer_folder, infer_volume
+from ctpipe.intensity import PIX2PIX_HU_WINDOW, hu_to_symmetric_unit
 from ctpipe.models.pix2pix import UNetGenerator, UNetGeneratorConfig
 
 
@@ -35,7 +35,7 @@ def test_output_has_input_affine_header_and_shape(src: Path, tmp_path: Path) -> 
     torch.manual_seed(0)
     g = UNetGenerator(UNetGeneratorConfig(num_downs=5, ngf=4)).train()
     in_path = src / "trainA" / "patient_0.nii.gz"
-    out = infer_volume(g, in_path, tmp_path / "pred" / "p0.nii.gz", DEFAULT_WINDOW, size=32, device="cpu",
+    out = infer_volume(g, in_path, tmp_path / "pred" / "p0.nii.gz", PIX2PIX_HU_WINDOW, size=32, device="cpu",
                        batch_size=3)
     assert g.training  # mode restored
     a, p = nib.load(str(in_path)), nib.load(str(out))
@@ -51,16 +51,17 @@ def test_output_has_input_affine_header_and_shape(src: Path, tmp_path: Path) -> 
 
 def test_identity_generator_reproduces_the_input(src: Path, tmp_path: Path) -> None:
     in_path = src / "trainA" / "patient_1.nii.gz"
-    out = infer_volume(nn.Identity(), in_path, tmp_path / "id.nii.gz", DEFAULT_WINDOW, size=None, device="cpu")
+    out = infer_volume(nn.Identity(), in_path, tmp_path / "id.nii.gz", PIX2PIX_HU_WINDOW, size=None, device="cpu")
     expected = np.clip(nib.load(str(in_path)).get_fdata(), -1024, 3071)
     assert np.max(np.abs(nib.load(str(out)).get_fdata() - expected)) < 0.01
 
 
 def test_orientation_is_restored_in_world_coordinates(src: Path, tmp_path: Path) -> None:
     in_path = src / "trainA" / "patient_0.nii.gz"  # LPS storage: array axis 0 points to the Left
-    out = infer_volume(AddRamp(), in_path, tmp_path / "ramp.nii.gz", DEFAULT_WINDOW, size=None, device="cpu")
+    out = infer_volume(AddRamp(), in_path, tmp_path / "ramp.nii.gz", PIX2PIX_HU_WINDOW, size=None, device="cpu")
     a, p = nib.load(str(in_path)), nib.load(str(out))
-    added = hu_to_unit(p.get_fdata(), DEFAULT_WINDOW) - hu_to_unit(a.get_fdata(), DEFAULT_WINDOW)
+    window = PIX2PIX_HU_WINDOW
+    added = hu_to_symmetric_unit(p.get_fdata(), window) - hu_to_symmetric_unit(a.get_fdata(), window)
     keep = a.get_fdata() < 2000  # the ramp (at most 0.23 = 470 HU here) does not hit the window's top
     ijk = np.stack(np.meshgrid(*[np.arange(s) for s in a.shape], indexing="ij"), -1).reshape(-1, 3)
     world_x = (ijk @ a.affine[:3, :3].T + a.affine[:3, 3])[:, 0].reshape(a.shape)  # RAS x: towards Right
@@ -70,7 +71,7 @@ def test_orientation_is_restored_in_world_coordinates(src: Path, tmp_path: Path)
 
 
 def test_infer_folder_scores_model_and_identity(src: Path, tmp_path: Path) -> None:
-    result = infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred", DEFAULT_WINDOW, size=None,
+    result = infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred", PIX2PIX_HU_WINDOW, size=None,
                           device="cpu", target_dir=src / "trainB")
     assert [p.name for p in result.outputs] == ["patient_0.nii.gz", "patient_1.nii.gz"]
     assert result.metrics_csv is not None and result.metrics_csv.is_file()
@@ -84,10 +85,10 @@ def test_infer_folder_scores_model_and_identity(src: Path, tmp_path: Path) -> No
 def test_evaluate_volume_known_values() -> None:
     rng = np.random.default_rng(0)
     target = rng.uniform(-900, 1500, size=(3, 16, 16))
-    same = evaluate_volume(target, target, DEFAULT_WINDOW)
+    same = evaluate_volume(target, target, PIX2PIX_HU_WINDOW)
     assert same["psnr_hu[range=4095]"] == float("inf") and same["mae_hu"] == 0.0
     assert same["ssim2d_hu[range=4095]"] == pytest.approx(1.0)
-    shifted = evaluate_volume(target + 20.0, target, DEFAULT_WINDOW, input_hu=target - 40.0)
+    shifted = evaluate_volume(target + 20.0, target, PIX2PIX_HU_WINDOW, input_hu=target - 40.0)
     assert shifted["mae_hu"] == pytest.approx(20.0)
     assert shifted["mae_norm"] == pytest.approx(20.0 / 4095)
     assert shifted["psnr_hu[range=4095]"] == pytest.approx(20 * np.log10(4095 / 20.0))
@@ -95,10 +96,10 @@ def test_evaluate_volume_known_values() -> None:
     assert shifted["identity_mae_hu"] == pytest.approx(40.0)
     assert shifted["identity_psnr_hu[range=4095]"] == pytest.approx(20 * np.log10(4095 / 40.0))
     # values outside the window are clipped first: an error only outside the window is invisible
-    outside = evaluate_volume(np.full((1, 12, 12), 5000.0), np.full((1, 12, 12), 3071.0), DEFAULT_WINDOW)
+    outside = evaluate_volume(np.full((1, 12, 12), 5000.0), np.full((1, 12, 12), 3071.0), PIX2PIX_HU_WINDOW)
     assert outside["mae_hu"] == 0.0
     with pytest.raises(ValueError, match="must be equal"):
-        evaluate_volume(target, target[:2], DEFAULT_WINDOW)
+        evaluate_volume(target, target[:2], PIX2PIX_HU_WINDOW)
 
 
 def test_evaluate_volume_ssim_matches_skimage() -> None:
@@ -107,8 +108,8 @@ def test_evaluate_volume_ssim_matches_skimage() -> None:
     rng = np.random.default_rng(1)
     target = rng.uniform(-1000, 2000, size=(2, 20, 20))
     pred = target + rng.normal(0, 150, size=target.shape)
-    scores = evaluate_volume(pred, target, DEFAULT_WINDOW)
-    lo, hi = DEFAULT_WINDOW
+    scores = evaluate_volume(pred, target, PIX2PIX_HU_WINDOW)
+    lo, hi = PIX2PIX_HU_WINDOW
     norm = lambda v: (np.clip(v, lo, hi) - lo) / (hi - lo)  # noqa: E731
     expected = np.mean([structural_similarity(norm(pred[k]), norm(target[k]), data_range=1.0, gaussian_weights=True,
                                               sigma=1.5, use_sample_covariance=False) for k in range(2)])
@@ -123,11 +124,11 @@ def test_a_bad_input_names_the_file_and_a_batch_skips_it(src: Path, tmp_path: Pa
     blob = (src / "trainA" / "patient_0.nii.gz").read_bytes()
     bad.write_bytes(blob[: len(blob) - 3])  # cut inside the gzip trailer
     with pytest.raises(VolumeError, match="patient_2.nii.gz: unreadable or truncated"):
-        infer_volume(nn.Identity(), bad, tmp_path / "one.nii.gz", DEFAULT_WINDOW, size=None, device="cpu")
+        infer_volume(nn.Identity(), bad, tmp_path / "one.nii.gz", PIX2PIX_HU_WINDOW, size=None, device="cpu")
     assert not (tmp_path / "one.nii.gz").exists()
     # the target of patient_1 is unusable: its prediction is written, its metrics row is not
     (src / "trainB" / "patient_1.nii.gz").write_bytes(b"not a volume")
-    result = infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred", DEFAULT_WINDOW, size=None,
+    result = infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred", PIX2PIX_HU_WINDOW, size=None,
                           device="cpu", target_dir=src / "trainB")
     assert [p.name for p in result.outputs] == ["patient_0.nii.gz", "patient_1.nii.gz"]
     assert [(p.name, reason.split(":")[0]) for p, reason in result.skipped] == [
@@ -139,4 +140,4 @@ def test_a_bad_input_names_the_file_and_a_batch_skips_it(src: Path, tmp_path: Pa
     for p in (src / "trainA").glob("patient_[01].nii.gz"):
         p.write_bytes(b"")
     with pytest.raises(ValueError, match="no volume"):
-        infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred2", DEFAULT_WINDOW, size=None, device="cpu")
+        infer_folder(nn.Identity(), src / "trainA", tmp_path / "pred2", PIX2PIX_HU_WINDOW, size=None, device="cpu")

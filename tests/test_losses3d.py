@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctpipe.losses3d import ssim3d, ssim3d_loss
+from ctpipe.losses import ssim3d, ssim3d_loss
 from ctpipe.metrics import ssim
 
 

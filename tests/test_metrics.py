@@ -12,15 +12,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from ctpipe import metrics
 from ctpipe.metrics import (
-    MetricAccumulator,
-    MetricSpec,
     check_range,
     mae,
-    merge_states,
     metric_column,
     psnr,
     ssim,
-    ssim_slicewise,
 )
 
 
@@ -101,23 +97,6 @@ def test_ssim_3d_matches_skimage_nd() -> None:
         assert abs(float(ours[i]) - ref) < 1e-4
 
 
-def test_ssim_slicewise_is_mean_of_skimage_per_slice() -> None:
-    pred_np, target_np, pred, target = _batch((5, 16, 19), 2, smooth=False, seed=7)
-    ours = ssim_slicewise(pred, target, data_range=1.0)
-    for i in range(2):
-        refs = [
-            structural_similarity(
-                target_np[i, 0, z], pred_np[i, 0, z], data_range=1.0, gaussian_weights=True,
-                use_sample_covariance=False,
-            )
-            for z in range(5)
-        ]
-        assert abs(float(ours[i]) - float(np.mean(refs))) < 1e-4
-    # slice-wise and true 3D SSIM are different measures
-    _, _, p3, t3 = _batch((12, 16, 19), 1, smooth=True, seed=1)
-    assert abs(float(ssim(p3, t3, 1.0)[0]) - float(ssim_slicewise(p3, t3, 1.0)[0])) > 1e-3
-
-
 def test_psnr_3d_and_mae_analytic() -> None:
     target = torch.rand(2, 1, 6, 7, 8) * 0.8
     pred = target + 0.05
@@ -140,8 +119,6 @@ def test_missing_data_range_is_type_error() -> None:
         psnr(x, x)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         ssim(x, x)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        MetricAccumulator()  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), "max", (1.0, 1.0), (0.0,)])
@@ -209,66 +186,6 @@ def test_column_names_carry_the_range() -> None:
     assert metric_column("ssim", 4095) == "ssim[range=4095]"
     assert metric_column("psnr", (-1.0, 1.0)) == "psnr[range=-1..1]"
     assert metric_column("mae", None) == "mae"
-    spec = MetricSpec(name="psnr", data_range="1", higher_is_better=True)
-    assert spec.column == "psnr[range=1]"
-    with pytest.raises(Exception):
-        spec.name = "ssim"  # type: ignore[misc]
-
-
-def test_accumulator_summary_matches_direct_and_skimage() -> None:
-    pred_np, target_np, pred, target = _batch((24, 24), 6, smooth=True, seed=11)
-    acc = MetricAccumulator(data_range=1.0)
-    acc.update(pred[:4], target[:4], [f"s{i}" for i in range(4)])
-    acc.update(pred[4:], target[4:], ["s4", "s5"])
-    summary = acc.summary()
-    assert summary["psnr[range=1]"] == pytest.approx(float(psnr(pred, target, 1.0).mean()), abs=1e-9)
-    assert summary["ssim[range=1]"] == pytest.approx(float(ssim(pred, target, 1.0).mean()), abs=1e-9)
-    assert summary["mae"] == pytest.approx(float((pred.double() - target.double()).abs().mean()), abs=1e-9)
-    pooled_ref = peak_signal_noise_ratio(target.numpy(), pred.numpy(), data_range=1.0)
-    assert summary["psnr_pooled[range=1]"] == pytest.approx(pooled_ref, abs=1e-4)
-    assert summary["n_samples"] == 6
-    assert summary["target_min"] == pytest.approx(float(target.min()))
-    assert summary["target_max"] == pytest.approx(float(target.max()))
-    rows = acc.rows()
-    assert [r["sample_id"] for r in rows] == [f"s{i}" for i in range(6)]
-    assert set(rows[0]) == {"sample_id", "psnr[range=1]", "ssim[range=1]", "mae"}
-    assert [c.higher_is_better for c in acc.columns()] == [True, True, False]
-
-
-def test_accumulator_states_merge_like_one_process() -> None:
-    """Two 'ranks' with unequal sample counts: summed state == single accumulator (not mean of means)."""
-    _, _, pred, target = _batch((20, 20), 5, smooth=False, seed=2)
-    single = MetricAccumulator(data_range="per_image")
-    single.update(pred, target, list("abcde"))
-    rank0, rank1 = MetricAccumulator("per_image"), MetricAccumulator("per_image")
-    rank0.update(pred[:1], target[:1], ["a"])
-    rank1.update(pred[1:], target[1:], list("bcde"))
-    merged = merge_states([rank0.state(), rank1.state()])
-    got, want = rank0.summary(merged), single.summary()
-    assert got.keys() == want.keys()
-    assert "psnr_pooled[range=per_image]" not in got  # pooled PSNR only for a fixed range
-    for key in want:
-        assert got[key] == pytest.approx(want[key], rel=1e-12)
-    naive = 0.5 * (rank0.summary()["psnr[range=per_image]"] + rank1.summary()["psnr[range=per_image]"])
-    assert abs(naive - want["psnr[range=per_image]"]) > 1e-3
-
-
-def test_accumulator_volumes_and_visible_range_mismatch() -> None:
-    # X2CT-GAN style: data in [0, 2500] scored with range 4095 -> accepted, but the summary shows it
-    target = torch.rand(2, 1, 12, 12, 12) * 2500.0
-    pred = target + 50.0 * torch.randn_like(target)
-    acc = MetricAccumulator(data_range=4095.0, volume_ssim="slicewise")
-    acc.update(pred, target, ["v0", "v1"])
-    summary = acc.summary()
-    assert "ssim_slicewise[range=4095]" in summary
-    assert summary["target_max"] <= 2500.0
-    acc3d = MetricAccumulator(data_range=4095.0)
-    acc3d.update(pred, target, ["v0", "v1"])
-    assert acc3d.summary()["ssim[range=4095]"] == pytest.approx(float(ssim(pred, target, 4095.0).mean()))
-    with pytest.raises(ValueError, match="mixed"):
-        acc3d.update(pred[:, :, 0], target[:, :, 0], ["a", "b"])
-    with pytest.raises(ValueError, match="no samples"):
-        MetricAccumulator(1.0).summary()
 
 
 def test_metrics_keep_the_device_and_do_not_track_grad() -> None:
@@ -277,11 +194,3 @@ def test_metrics_keep_the_device_and_do_not_track_grad() -> None:
     out = psnr(pred, target, 1.0)
     assert out.device == pred.device and not out.requires_grad
     assert metrics.ssim_window_size() == 11
-
-
-def test_empty_accumulator_state_is_neutral_for_the_reduction() -> None:
-    _, _, pred, target = _batch((16, 16), 2, smooth=False, seed=4)
-    busy, idle = MetricAccumulator(1.0), MetricAccumulator(1.0)
-    busy.update(pred, target, ["a", "b"])
-    merged = merge_states([busy.state(), idle.state(device="cpu")])
-    assert busy.summary(merged) == busy.summary()

@@ -12,7 +12,8 @@ Per CT file (patient id = file name without ``.nii``/``.nii.gz``):
    in-plane extent (``fov_mm``), so the z axis is centre-cropped or padded with air (-1024 HU).
    ``M = max(max(volume_sizes), min(xray_size, 256))``.
 4. **Targets** ``volume_{size}``: the cube averaged (or trilinearly resampled) to ``size^3``, HU
-   window ``[-1024, 1476]`` (X2CT-GAN's 0..2500 offset) mapped linearly onto ``[0, 1]`` and clipped.
+   window :data:`ctpipe.intensity.XRAY2CT_HU_WINDOW` = ``[-1024, 1476]`` (X2CT-GAN's 0..2500 offset) mapped
+   linearly onto ``[0, 1]`` and clipped (:func:`ctpipe.intensity.hu_to_unit_interval`).
    Axis order RAS (axis 0 toward patient Right, 1 Anterior, 2 Superior).
 5. **X-rays** ``xray`` ``(2, xray_size, xray_size)`` = (frontal, lateral): :func:`render_drr` of
    :func:`hu_to_mu` of the cube, parallel beam by default (``cone_beam=True``: X2CT-GAN's 541/949 mm),
@@ -37,7 +38,6 @@ both. Publishing is idempotent too.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -71,6 +71,7 @@ from ctpipe.data.shards import (
     temp_files_for,
     write_shard,
 )
+from ctpipe.intensity import AIR_HU, XRAY2CT_HU_WINDOW, hu_to_unit_interval
 from ctpipe.ops.drr import (
     DEFAULT_IMAGE_GAIN,
     MU_AIR_PER_MM,
@@ -84,8 +85,6 @@ from ctpipe.ops.drr import (
 from ctpipe.progress import track
 from ctpipe.runlock import one_run_per_prep_task
 
-HU_WINDOW = (-1024.0, 1476.0)  # X2CT-GAN: HU + 1024 clipped to [0, 2500], scaled to [0, 1]
-AIR_HU = -1024.0
 MAX_WORKING_SIZE = 256
 REPORT_NAME = "prep_report.csv"
 GROUP_DIR = "groups"
@@ -243,12 +242,6 @@ def downsample_cube(cube: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
 
 
-def window_hu(hu: torch.Tensor, window: tuple[float, float] = HU_WINDOW) -> torch.Tensor:
-    """``(HU - low) / (high - low)`` clipped to [0, 1]."""
-    low, high = window
-    return ((hu - low) / (high - low)).clamp(0.0, 1.0)
-
-
 # ---- one CT -> one sample ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DRRPrepConfig:
@@ -256,7 +249,7 @@ class DRRPrepConfig:
     volume_sizes: tuple[int, ...] = (64,)
     cone_beam: bool = False
     image_gain: float = DEFAULT_IMAGE_GAIN
-    hu_window: tuple[float, float] = HU_WINDOW
+    hu_window: tuple[float, float] = XRAY2CT_HU_WINDOW
 
     def __post_init__(self) -> None:
         if self.xray_size < 4 or not self.volume_sizes or min(self.volume_sizes) < 4:
@@ -310,7 +303,7 @@ def ct_to_sample(ct: CTVolume, config: DRRPrepConfig, device: torch.device | str
     views = [drr_to_image(render_drr(mu, spacing, geometry, view), config.image_gain)[0, 0] for view in VIEWS]
     sample = {"xray": torch.stack(views).cpu().numpy(), "fov_mm": np.array([fov], dtype=np.float32)}
     for size in config.volume_sizes:
-        sample[f"volume_{size}"] = window_hu(downsample_cube(cube, size), config.hu_window).cpu().numpy()
+        sample[f"volume_{size}"] = hu_to_unit_interval(downsample_cube(cube, size), config.hu_window).cpu().numpy()
     return sample
 
 
@@ -502,28 +495,3 @@ def prep_drr(
         report, manifest, n_shards = _finish(out, len(groups), config, split_fractions)
     return PrepResult(out=out, written=tuple(written), skipped=tuple(skipped), n_groups=len(groups),
                       n_shards=n_shards, bad_files=tuple(bad), manifest=manifest, report=report)
-
-
-# ---- command line --------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="NIfTI CTs -> shard set of dual-view DRRs and target volumes")
-    parser.add_argument("src", help="folder with .nii / .nii.gz CT files (HU)")
-    parser.add_argument("out", help="output shard-set folder")
-    parser.add_argument("--xray-size", type=int, default=512)
-    parser.add_argument("--volume-size", type=int, action="append", dest="volume_sizes",
-                        help="target volume edge; repeat for several (default 64)")
-    parser.add_argument("--task-index", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)))
-    parser.add_argument("--n-tasks", type=int, default=int(os.environ.get("SLURM_ARRAY_TASK_COUNT", 1)))
-    parser.add_argument("--cone-beam", action="store_true", help="cone-beam DRRs (541/949 mm) instead of parallel")
-    parser.add_argument("--split-fractions", type=parse_split_fractions, default=DEFAULT_SPLIT_FRACTIONS,
-                        help="patient-level TRAIN,VAL[,TEST] fractions (default 0.8,0.1,0.1: a held-out test split)")
-    parser.add_argument("--files-per-shard", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> PrepResult:
-    args = build_parser().parse_args(argv)
-    return prep_drr(args.src, args.out, xray_size=args.xray_size, volume_sizes=tuple(args.volume_sizes or (64,)),
-                    task_index=args.task_index, n_tasks=args.n_tasks, cone_beam=args.cone_beam,
-                    split_fractions=args.split_fractions, files_per_shard=args.files_per_shard, device=args.device)

@@ -27,8 +27,9 @@ Anterior, ``k`` from inferior to superior) whatever the storage order, so a flip
 same slices. Reorientation only permutes/flips axes (no resampling), so it is exactly invertible
 (:func:`from_canonical`).
 
-Intensity: ``hu_to_unit`` clips to the HU window and maps it linearly onto [-1, 1] (the generator's
-Tanh range); ``unit_to_hu`` is its inverse on the window.
+Intensity: :func:`ctpipe.intensity.hu_to_symmetric_unit` clips to the HU window (default
+:data:`ctpipe.intensity.PIX2PIX_HU_WINDOW`) and maps it linearly onto [-1, 1] (the generator's Tanh range);
+:func:`ctpipe.intensity.symmetric_unit_to_hu` is its inverse on the window.
 
 Array jobs: task ``i`` of ``n`` handles candidates ``i, i + n, ...`` and writes only their shards and
 its task record ``prep_tasks/task-IIIII-of-NNNNN.json``. The task that finds all ``n`` records present
@@ -48,7 +49,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -62,12 +63,12 @@ from ctpipe.data.shards import (FieldSpec, ShardSetError, claim_output, finalize
                                 read_shard_attrs, read_sidecar, shard_index, shard_is_complete, shard_name,
                                 sidecar_path, temp_files_for, write_shard)
 from ctpipe.errors import UserError
+from ctpipe.intensity import PIX2PIX_HU_WINDOW, check_hu_window, hu_to_symmetric_unit
 from ctpipe.progress import track
 from ctpipe.runlock import RunLockedError, hold_run_lock, one_run_per_prep_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW: tuple[float, float] = (-1024.0, 3071.0)
 SUBSETS: tuple[tuple[str, str, str], ...] = (("train", "trainA", "trainB"), ("test", "testA", "testB"))
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 REPORT_NAME = "prep_report.csv"
@@ -82,35 +83,13 @@ SLICE_CONVENTION = ("nibabel closest-canonical RAS+ array; slice k = canonical[:
 KIND = "nifti_pairs"
 FORMAT_VERSION = 1
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
 class VolumeError(UserError, ValueError):
     """A NIfTI file that cannot be used (unreadable, truncated, wrong dimensionality, non-finite)."""
 
 
 # ---- intensity -------------------------------------------------------------------------------------
-def _check_window(window: Sequence[float]) -> tuple[float, float]:
-    lo, hi = float(window[0]), float(window[1])
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise ValueError(f"hu_window={tuple(window)!r}: need finite (low, high) with high > low, e.g. (-1024, 3071)")
-    return lo, hi
-
-
-def hu_to_unit(x: ArrayT, window: Sequence[float] = DEFAULT_WINDOW) -> ArrayT:
-    """HU -> [-1, 1]: ``2 * (clip(x, lo, hi) - lo) / (hi - lo) - 1`` (numpy arrays or torch tensors)."""
-    lo, hi = _check_window(window)
-    return (x.clip(lo, hi) - lo) * (2.0 / (hi - lo)) - 1.0
-
-
-def unit_to_hu(y: ArrayT, window: Sequence[float] = DEFAULT_WINDOW) -> ArrayT:
-    """[-1, 1] -> HU, the inverse of :func:`hu_to_unit` on the window (``y`` is clipped to [-1, 1])."""
-    lo, hi = _check_window(window)
-    return (y.clip(-1.0, 1.0) + 1.0) * ((hi - lo) / 2.0) + lo
-
-
 def intensity_attrs(window: Sequence[float]) -> dict[str, Any]:
-    lo, hi = _check_window(window)
+    lo, hi = check_hu_window(window)
     return {"unit": "HU", "window_hu": [lo, hi], "range": [-1.0, 1.0],
             "forward": "y = 2 * (clip(hu, lo, hi) - lo) / (hi - lo) - 1",
             "inverse": "hu = (clip(y, -1, 1) + 1) * (hi - lo) / 2 + lo"}
@@ -345,7 +324,7 @@ def _slice_samples(a: LoadedVolume, b: LoadedVolume, window: tuple[float, float]
                    size: int | None) -> tuple[np.ndarray, np.ndarray]:
     slices = []
     for volume in (a, b):
-        unit = hu_to_unit(canonical_slices(volume.data, volume.affine).astype(np.float32), window)
+        unit = hu_to_symmetric_unit(canonical_slices(volume.data, volume.affine).astype(np.float32), window)
         stack = torch.from_numpy(np.ascontiguousarray(unit, dtype=np.float32))
         if size is not None:
             stack = resize_slices(stack, (size, size))
@@ -435,7 +414,7 @@ def prep_nifti_pairs(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
     size: int | None = 512,
-    hu_window: tuple[float, float] = DEFAULT_WINDOW,
+    hu_window: tuple[float, float] = PIX2PIX_HU_WINDOW,
     task_index: int = 0,
     n_tasks: int = 1,
     split_fractions: Sequence[float] = (0.8, 0.2),
@@ -454,7 +433,7 @@ def prep_nifti_pairs(
     if size is not None and size < 1:
         raise ValueError(f"size={size}: give a positive slice side (e.g. 256 or 512) or None for native")
     src, out = Path(src).resolve(), Path(out)
-    window = _check_window(hu_window)
+    window = check_hu_window(hu_window)
     fractions = _split_names(split_fractions)
     try:  # fractions that do not sum to 1 are refused now, not after every volume was written
         patient_split([], fractions)

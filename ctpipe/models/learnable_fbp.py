@@ -14,7 +14,7 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
-from ctpipe.ops.filters import FixedWindow, filter_frequencies
+from ctpipe.ops.filters import LODOPAB_HANN_SCALING, FixedWindow, filter_frequencies
 from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.ops.projector import filtered_backprojection
 
@@ -48,11 +48,10 @@ class LearnableFBP(nn.Module):
         self.postprocess = postprocess if postprocess is not None else nn.Identity()
 
     @classmethod
-    def hann_baseline(
-        cls, geometry: ParallelBeamGeometry, frequency_scaling: float = 0.641, padding: bool = True
-    ) -> "LearnableFBP":
-        """The fixed LoDoPaB reference FBP (Hann window, frequency scaling 0.641), no parameters."""
-        return cls(geometry, FixedWindow("hann", frequency_scaling), padding=padding)
+    def hann_baseline(cls, geometry: ParallelBeamGeometry, padding: bool = True) -> "LearnableFBP":
+        """The fixed LoDoPaB reference FBP (Hann window, :data:`LODOPAB_HANN_SCALING`), no parameters: the one
+        builder of that baseline."""
+        return cls(geometry, FixedWindow("hann", LODOPAB_HANN_SCALING), padding=padding)
 
     def window_response(self, like: Tensor) -> Tensor:
         """The window at the filter's rfft frequencies, in ``like``'s dtype and device."""

@@ -31,6 +31,9 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+# The LoDoPaB reference FBP (Leuschner et al. 2021): Hann window, frequency scaling 0.641.
+LODOPAB_HANN_SCALING = 0.641
+
 WindowFunction = Callable[[Tensor, float], Tensor]
 
 
@@ -149,7 +152,7 @@ def ramp_filter(
 class FixedWindow(nn.Module):
     """A named window (see :data:`WINDOWS`) with a fixed frequency scaling; no parameters."""
 
-    def __init__(self, name: str = "hann", frequency_scaling: float = 0.641) -> None:
+    def __init__(self, name: str = "hann", frequency_scaling: float = LODOPAB_HANN_SCALING) -> None:
         super().__init__()
         _check_window_name(name)
         self.name = name.lower()
@@ -172,7 +175,7 @@ class WindowII(nn.Module):
 
     MIN_CUTOFF = 0.05
 
-    def __init__(self, n_terms: int = 8, frequency_scaling: float = 0.641) -> None:
+    def __init__(self, n_terms: int = 8, frequency_scaling: float = LODOPAB_HANN_SCALING) -> None:
         super().__init__()
         if n_terms < 2:
             raise ValueError(f"WindowII needs n_terms >= 2 to represent Hann, got {n_terms}")

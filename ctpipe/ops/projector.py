@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctpipe.ops.fast_backproject import backproject_gather, forward_project_gather
-from ctpipe.ops.filters import filter_frequencies, ramp_filter, window_values
+from ctpipe.ops.filters import LODOPAB_HANN_SCALING, filter_frequencies, ramp_filter, window_values
 from ctpipe.ops.geometry import ParallelBeamGeometry
 
 # Angles per chunk: at most this many grid points (angles x pixels), whatever the batch, so the number of
@@ -220,7 +220,7 @@ def fbp(
     sinogram: Tensor,
     geometry: ParallelBeamGeometry,
     window: str = "hann",
-    frequency_scaling: float = 0.641,
+    frequency_scaling: float = LODOPAB_HANN_SCALING,
     padding: bool = True,
     *,
     method: str | None = None,

@@ -9,7 +9,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ctpipe.atomic import atomic_path, atomic_write_frame, atomic_write_json
@@ -97,7 +96,3 @@ def write_eval_tables(rows: Mapping[str, list[dict[str, Any]]], out_dir: Path) -
         atomic_write_frame(frame, out_dir / f"{name}.csv")
         frames[name] = frame
     return frames
-
-
-def trainable_parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)

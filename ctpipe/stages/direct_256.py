@@ -19,6 +19,7 @@ import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
+from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY
 from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgressiveConfig
 from ctpipe.stages.base import Stage
@@ -27,8 +28,6 @@ from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
     SSIM_COLUMN,
     XRAY_FIELD,
-    VolumeLoss,
-    VolumeLossConfig,
     XRayDataConfig,
     check_shard_set,
     evaluate_volume_models,

@@ -43,7 +43,6 @@ __all__ = [
     "load_window_checkpoint",
 ]
 
-HANN_SCALING = 0.641
 UNET_MODEL = "fbp_unet"  # experiment 4's trained model in the eval tables
 UNET_PRESETS: dict[str, PostProcessingUNetConfig] = {
     "default": PostProcessingUNetConfig(),  # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
@@ -125,12 +124,6 @@ def load_window_checkpoint(path: str | Path, padding: bool | None = None) -> nn.
     return window
 
 
-def _fixed_hann() -> nn.Module:
-    from ctpipe.ops.filters import FixedWindow
-
-    return FixedWindow("hann", HANN_SCALING)
-
-
 def _check_loss_fits(loss: CompositeLoss, n_pixels: int) -> None:
     """Fail at build time (not at the first step) when MS-SSIM cannot run on these images."""
     if loss.weights.ms_ssim > 0:
@@ -161,9 +154,9 @@ class FBPUNetTask:
         self.geometry = shard_geometry(cfg.data.root)
         _check_loss_fits(self.loss_fn, self.geometry.n_pixels)
         self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
-        window = (load_window_checkpoint(cfg.model.window_checkpoint, cfg.model.padding)
-                  if cfg.model.window_checkpoint else _fixed_hann())
-        self.fbp = LearnableFBP(self.geometry, window, padding=cfg.model.padding)
+        self.fbp = (LearnableFBP(self.geometry, load_window_checkpoint(cfg.model.window_checkpoint, cfg.model.padding),
+                                 padding=cfg.model.padding)
+                    if cfg.model.window_checkpoint else LearnableFBP.hann_baseline(self.geometry, cfg.model.padding))
         self.fbp.freeze_fbp()
         self.unet = PostProcessingUNet(build_unet_config(cfg.model))
         self.modules: dict[str, nn.Module] = {"fbp": self.fbp, "unet": self.unet}
@@ -225,7 +218,7 @@ def _predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> 
     fbp_image = _SameBatchCache(lambda b: task.fbp_image(b["sinogram"]))
     predictors: dict[str, Callable[..., torch.Tensor]] = {}
     if cfg.model.window_checkpoint:
-        baseline = LearnableFBP.hann_baseline(task.geometry, HANN_SCALING, cfg.model.padding).to(device).eval()
+        baseline = LearnableFBP.hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
         predictors["fbp_hann"] = lambda b: baseline(b["sinogram"])
         predictors[LEARNED_MODEL] = fbp_image
     else:

@@ -11,6 +11,8 @@ from torch import nn
 
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv
+from ctpipe.models.learnable_fbp import LearnableFBP
+from ctpipe.ops.filters import LODOPAB_HANN_SCALING
 from ctpipe.stages.base import Stage, evaluate_predictors
 from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
 
@@ -21,7 +23,7 @@ LEARNED_MODEL = "learned_window"  # experiment 1's trained model in the eval tab
 class WindowModelConfig:
     window: Literal["learnable", "fixed"] = "learnable"
     fixed_window: str = "hann"          # when window = "fixed"
-    frequency_scaling: float = 0.641    # initial (learnable) or fixed scaling
+    frequency_scaling: float = LODOPAB_HANN_SCALING  # initial (learnable) or fixed scaling
     n_terms: int = 8                    # cosine-series terms of WindowII
     padding: bool = True
 
@@ -45,19 +47,10 @@ def build_window(cfg: WindowModelConfig) -> nn.Module:
     return FixedWindow(cfg.fixed_window, cfg.frequency_scaling)
 
 
-def hann_baseline(geometry: Any, padding: bool = True) -> nn.Module:
-    """The published LoDoPaB FBP baseline: Hann window, frequency scaling 0.641."""
-    from ctpipe.models.learnable_fbp import LearnableFBP
-    from ctpipe.ops.filters import FixedWindow
-
-    return LearnableFBP(geometry, FixedWindow("hann", 0.641), padding=padding)
-
-
 class FBPWindowTask:
     """Trainer task: sinogram -> LearnableFBP -> image, MSE against the ground truth."""
 
     def __init__(self, cfg: FBPWindowConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.models.learnable_fbp import LearnableFBP
         from ctpipe.schedules import build_optimizer
 
         self.cfg = cfg
@@ -96,7 +89,7 @@ def final_evaluation(cfg: FBPWindowConfig, task: FBPWindowTask, run_dir: Path, d
     best = run_dir / "checkpoints" / BEST
     if best.exists():
         task.model.load_state_dict(load_checkpoint(best)["models"]["model"])
-    baseline = hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
+    baseline = LearnableFBP.hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
     learned = task.model.to(device).eval()
     predictors = {"fbp_hann": lambda b: baseline(b["sinogram"]), LEARNED_MODEL: lambda b: learned(b["sinogram"])}
     for split, dataset in (("validation", task.val_set), ("test", task.test_set)):

@@ -6,7 +6,7 @@ Data: a ``nifti_pairs`` shard set (``ctpipe prep nifti-pairs``): fields ``input`
 Training (the reference's order, one optimizer per network): ``fake = G(a)``; D step on
 ``0.5 * (GAN(D(a, b), real) + GAN(D(a, fake.detach()), fake))``; then G step on
 ``GAN(D'(a, fake), real) + lambda_l1 * |fake - b|_1`` against the UPDATED D, where D' is a detached
-parameter snapshot (:func:`ctpipe.models.gan_loss.generator_loss`), so the G loss sends no gradient to D.
+parameter snapshot (:func:`ctpipe.losses.gan.generator_loss`), so the G loss sends no gradient to D.
 The D step runs through ``stepper.module("D")`` (the DDP wrapper: its gradients are all-reduced); the G
 step's D pass uses the raw ``task.D`` -- exactly what ``generator_loss`` unwraps a DDP wrapper to -- because
 it needs no gradient sync and a ``torch.compile`` wrapper has no ``.module`` to unwrap. Learning rates
@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
+from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.models.pix2pix import GENERATORS, UNetGenerator, UNetGeneratorConfig
 from ctpipe.progress import track
 from ctpipe.stages.base import Stage, write_eval_tables, write_examples
@@ -265,7 +266,7 @@ class Pix2PixPhaseTask:
                             "prep": self.prep.to_dict()}
 
     def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        from ctpipe.models.gan_loss import discriminator_loss, generator_loss
+        from ctpipe.losses.gan import discriminator_loss, generator_loss
 
         a, b = batch[self.cfg.data.input_field], batch[self.cfg.data.target_field]
         mode = self.cfg.loss.gan_mode
@@ -357,23 +358,21 @@ def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfi
 
 def volume_rows(volume: VolumeSlices, window: tuple[float, float]) -> dict[str, dict[str, Any]]:
     """``{model: row}`` for the model and the identity baseline: PSNR/SSIM/MAE in HU and normalised."""
-    from ctpipe.data.nifti_pairs import unit_to_hu
     from ctpipe.infer_pix2pix import evaluate_volume
 
-    target = unit_to_hu(volume.target.astype(np.float64), window)
+    target = symmetric_unit_to_hu(volume.target.astype(np.float64), window)
     ident = {"sample_id": volume.patient_id, "patient_id": volume.patient_id,
              "grid": "x".join(str(s) for s in volume.target.shape)}
     rows = {}
     for model, unit in ((MODEL_NAME, volume.prediction), (BASELINE_NAME, volume.input)):
-        rows[model] = {**ident, **evaluate_volume(unit_to_hu(unit.astype(np.float64), window), target, window)}
+        pred = symmetric_unit_to_hu(unit.astype(np.float64), window)
+        rows[model] = {**ident, **evaluate_volume(pred, target, window)}
     return rows
 
 
 def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, prep: PrepInfo, out_dir: Path,
                    device: torch.device, expected_slices: Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
     """Write ``out_dir/{pix2pix,identity}.csv`` (one row per volume) and ``examples.npz`` (middle slices, HU)."""
-    from ctpipe.data.nifti_pairs import unit_to_hu
-
     rows: dict[str, list[dict[str, Any]]] = {MODEL_NAME: [], BASELINE_NAME: []}
     examples: dict[str, list[np.ndarray]] = {"target": [], MODEL_NAME: [], BASELINE_NAME: []}
     for volume in predict_volumes(generator, dataset, data, device, expected_slices, out_dir.name):
@@ -383,7 +382,7 @@ def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig
             middle = volume.target.shape[0] // 2
             for key, unit in (("target", volume.target), (MODEL_NAME, volume.prediction),
                               (BASELINE_NAME, volume.input)):
-                examples[key].append(unit_to_hu(unit[middle].astype(np.float32), prep.window))
+                examples[key].append(symmetric_unit_to_hu(unit[middle].astype(np.float32), prep.window))
     frames = write_eval_tables(rows, out_dir)
     write_examples(examples, out_dir)
     return frames

@@ -26,6 +26,7 @@ import torch
 
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
+from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig,
                                                 trilinear_baseline)
 from ctpipe.stages.base import Stage
@@ -34,8 +35,6 @@ from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
     SSIM_COLUMN,
     XRAY_FIELD,
-    VolumeLoss,
-    VolumeLossConfig,
     XRayDataConfig,
     check_shard_set,
     evaluate_volume_models,

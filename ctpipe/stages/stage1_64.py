@@ -1,6 +1,6 @@
 """Stage ``stage1_64``: dual-view X-rays -> 64^3 CT with the hybrid ViT :class:`XRay2CT64`.
 
-Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :mod:`ctpipe.losses3d`); the
+Loss: ``1.0 * L1 + 0.5 * (1 - SSIM3D)`` (true 3D SSIM, differentiable, :func:`ctpipe.losses.ssim3d`); the
 "enhanced" config (``ctpipe/configs/stage1_64_enhanced.json``) adds the 3D Sobel edge term, multi-scale heads
 and (with local VGG16 weights) a slice-wise perceptual term. AdamW, cosine schedule, bf16 autocast on GPU,
 DDP through the trainer.
@@ -27,6 +27,7 @@ import torch
 
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
+from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.residual_upsampler3d import trilinear_baseline
 from ctpipe.stages.base import Stage
 from ctpipe.stages.xray2ct_common import (
@@ -35,8 +36,6 @@ from ctpipe.stages.xray2ct_common import (
     XRAY_FIELD,
     Stage1ModelConfig,
     Stage1Net,
-    VolumeLoss,
-    VolumeLossConfig,
     XRayDataConfig,
     check_shard_set,
     evaluate_volume_models,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -26,12 +25,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctpipe.atomic import atomic_path
 from ctpipe.config import ConfigError
-from ctpipe.losses3d import ssim3d
+from ctpipe.intensity import XRAY2CT_HU_WINDOW
 from ctpipe.metrics import (
     X2CT_PSNR_COLUMN,
     X2CT_SSIM_COLUMN,
@@ -42,7 +40,6 @@ from ctpipe.metrics import (
     psnr_x2ct,
     ssim,
     ssim2d_x2ct,
-    ssim_window_size,
 )
 from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCT, LiftCTConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
@@ -51,7 +48,6 @@ from ctpipe.stages.base import write_eval_tables, write_examples
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HU_WINDOW = (-1024.0, 1476.0)  # the prep's window (X2CT-GAN's 0..2500 offset)
 XRAY_FIELD = "xray"
 FOV_FIELD = "fov_mm"
 SPLITS = ("validation", "test")
@@ -80,7 +76,7 @@ class XRayDataConfig:
     num_workers: int = 4
     volume_field: str = "volume_64"
     high_field: str = "volume_256"
-    hu_window: tuple[float, float] = DEFAULT_HU_WINDOW
+    hu_window: tuple[float, float] = XRAY2CT_HU_WINDOW
 
 
 @dataclass(frozen=True)
@@ -94,41 +90,6 @@ class Stage1ModelConfig:
     network: XRay2CTConfig | None = None
     architecture: Literal["vit", "lift"] = "vit"
     lift_network: LiftCTConfig | None = None
-
-
-@dataclass(frozen=True)
-class VolumeLossConfig:
-    """Loss weights (0 switches a term off) and multi-scale supervision.
-
-    Per supervised scale: ``l1 * L1 + mse * MSE + ssim3d * (1 - SSIM3D) + edge * EDGE + perceptual * VGG``.
-    SSIM3D is a true 3D SSIM (11-voxel window; skipped on scales smaller than 11 voxels), EDGE the L1 distance
-    of 3D Sobel magnitudes (:func:`ctpipe.losses.edge_loss`), VGG the MSE of frozen VGG16 features of the
-    axial slices (final scale only; needs LOCAL ImageNet weights: ``vgg_weights_path`` or
-    ``$CTPIPE_VGG16_WEIGHTS``; nothing downloads, so keep ``perceptual`` at 0 unless the file exists).
-
-    ``scale_weights`` weighs the outputs from coarse to fine; its LAST entry is the final resolution. For
-    ``stage1_64``, ``k`` entries add ``k - 1`` auxiliary sigmoid heads on the last decoder stages (the
-    "multi-scale" term: heads on the 128- and 64-channel stages next to the 32-channel output); for
-    ``refine_256`` / ``direct_256`` up to 3 entries apply to the network's finest outputs. Coarse targets are
-    the high-resolution target average-pooled to each scale.
-    """
-
-    l1: float = 1.0
-    mse: float = 0.0
-    ssim3d: float = 0.0
-    edge: float = 0.0
-    perceptual: float = 0.0
-    vgg_weights_path: str | None = None
-    vgg_layer: str = "relu2_2"
-    scale_weights: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self) -> None:
-        weights = {n: getattr(self, n) for n in ("l1", "mse", "ssim3d", "edge", "perceptual")}
-        bad = {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
-        if bad or not any(v > 0 for v in weights.values()):
-            raise ConfigError(f"loss: weights must be finite and >= 0 with at least one > 0, got {weights}")
-        if not self.scale_weights or any(not (math.isfinite(w) and w >= 0) for w in self.scale_weights):
-            raise ConfigError(f"loss.scale_weights={self.scale_weights}: give one weight >= 0 per scale, coarse to fine")
 
 
 def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: bool = False) -> Stage1Network:
@@ -191,7 +152,7 @@ def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
     from ctpipe.data.shards import read_manifest
 
     manifest = read_manifest(cfg.root)
-    window = tuple(float(v) for v in manifest.attrs.get("hu_window", DEFAULT_HU_WINDOW))
+    window = tuple(float(v) for v in manifest.attrs.get("hu_window", XRAY2CT_HU_WINDOW))
     if window != tuple(cfg.hu_window):
         raise ConfigError(f"shard set {cfg.root} uses the HU window {window}, the config says data.hu_window="
                           f"{tuple(cfg.hu_window)}; set data.hu_window={list(window)}")
@@ -225,16 +186,6 @@ def xray_input(batch: Mapping[str, Any]) -> Tensor:
     if xray.dim() == 4:
         return xray
     raise ValueError(f"expected X-rays (B, 1, 2, n, n) or (B, 2, n, n), got {tuple(xray.shape)}")
-
-
-def resize_volume(volume: Tensor, size: int) -> Tensor:
-    """``(B, C, s, s, s)`` -> ``size^3``: average pooling for an integer shrink, else trilinear."""
-    n = volume.shape[-1]
-    if n == size:
-        return volume
-    if n > size and n % size == 0:
-        return F.avg_pool3d(volume, kernel_size=n // size)
-    return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=False)
 
 
 # ---- stage-1 network with optional multi-scale heads -----------------------------------------------------------
@@ -304,97 +255,12 @@ def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[n
     return model.to(device).eval(), config
 
 
-# ---- losses ---------------------------------------------------------------------------------------------------
-class VolumeLoss(nn.Module):
-    """The weighted terms of :class:`VolumeLossConfig` on one or several output scales."""
-
-    def __init__(self, cfg: VolumeLossConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.vgg: nn.Module | None = None
-        if cfg.perceptual > 0:
-            from ctpipe.models.vgg_features import VGGFeatures
-
-            self.vgg = VGGFeatures(cfg.vgg_weights_path, cfg.vgg_layer, 1.0)
-
-    def terms(self, pred: Tensor, target: Tensor, final: bool) -> dict[str, Tensor]:
-        """Unweighted scalar terms on one scale, in float32 outside autocast (SSIM statistics and the Sobel
-        kernels must not run in bfloat16/float16)."""
-        with torch.autocast(pred.device.type, enabled=False):
-            return self._terms(pred.float(), target.float(), final)
-
-    def _terms(self, pred: Tensor, target: Tensor, final: bool) -> dict[str, Tensor]:
-        from ctpipe.losses import edge_loss
-
-        cfg = self.cfg
-        out: dict[str, Tensor] = {}
-        if cfg.l1 > 0:
-            out["l1"] = F.l1_loss(pred, target)
-        if cfg.mse > 0:
-            out["mse"] = F.mse_loss(pred, target)
-        if cfg.ssim3d > 0 and min(pred.shape[2:]) >= ssim_window_size():
-            out["ssim3d"] = 1.0 - ssim3d(pred, target).mean()
-        if cfg.edge > 0 and min(pred.shape[2:]) >= 3:
-            out["edge"] = edge_loss(pred, target)
-        if cfg.perceptual > 0 and final and self.vgg is not None:
-            out["perceptual"] = self._perceptual(pred, target)
-        return out
-
-    def _perceptual(self, pred: Tensor, target: Tensor) -> Tensor:
-        assert self.vgg is not None
-        slices = lambda v: v.permute(0, 2, 1, 3, 4).reshape(-1, 1, *v.shape[3:])  # noqa: E731
-        with torch.no_grad():
-            wanted = self.vgg(slices(target))
-        return F.mse_loss(self.vgg(slices(pred.clamp(0.0, 1.0))), wanted)
-
-    def weighted(self, terms: Mapping[str, Tensor]) -> Tensor:
-        return sum(getattr(self.cfg, name) * value for name, value in terms.items())  # type: ignore[return-value]
-
-    def multiscale(self, outputs: Mapping[int, Tensor], target: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Loss over the finest ``len(scale_weights)`` outputs; ``target`` is the finest scale's target.
-
-        Returns ``(total, logged)``: ``logged`` holds ``loss`` and the final scale's unweighted terms."""
-        sizes = sorted(outputs)[-len(self.cfg.scale_weights):]
-        if len(sizes) != len(self.cfg.scale_weights):
-            raise ConfigError(f"loss.scale_weights has {len(self.cfg.scale_weights)} entries but the network gives "
-                              f"{len(outputs)} outputs ({sorted(outputs)})")
-        total = target.new_zeros(())
-        logged: dict[str, Tensor] = {}
-        for size, weight in zip(sizes, self.cfg.scale_weights):
-            final = size == sizes[-1]
-            terms = self.terms(outputs[size], resize_volume(target, size), final)
-            if weight > 0:
-                total = total + weight * self.weighted(terms)
-            if final:
-                logged = {k: v.detach() for k, v in terms.items()}
-        logged["loss"] = total.detach()
-        return total, logged
-
-    def per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Validation loss per sample ``(B,)`` on one scale: the L1, MSE, SSIM3D and EDGE terms (no VGG)."""
-        with torch.autocast(pred.device.type, enabled=False):
-            return self._per_sample(pred, target)
-
-    def _per_sample(self, pred: Tensor, target: Tensor) -> Tensor:
-        from ctpipe.losses import sobel_magnitude
-
-        cfg = self.cfg
-        pred, target = pred.float(), target.float()
-        flat = lambda x: x.flatten(1).mean(1)  # noqa: E731
-        value = cfg.l1 * flat((pred - target).abs()) + cfg.mse * flat((pred - target) ** 2)
-        if cfg.ssim3d > 0 and min(pred.shape[2:]) >= ssim_window_size():
-            value = value + cfg.ssim3d * (1.0 - ssim3d(pred, target))
-        if cfg.edge > 0 and min(pred.shape[2:]) >= 3:
-            value = value + cfg.edge * flat((sobel_magnitude(pred) - sobel_magnitude(target)).abs())
-        return value
-
-
 # ---- metrics and the evaluation writer -------------------------------------------------------------------------
 PSNR_COLUMN = metric_column("psnr", 1.0)
 SSIM_COLUMN = metric_column("ssim", 1.0)
 
 
-def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = XRAY2CT_HU_WINDOW,
                    literature: bool = False) -> dict[str, Tensor]:
     """Per-volume PSNR / 3D SSIM (data_range=1 on the [0, 1] window), MAE ([0, 1] and HU); pred clamped to [0, 1].
 
@@ -416,7 +282,7 @@ def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = DE
 
 
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
-                                hu_window: Sequence[float] = DEFAULT_HU_WINDOW) -> Path:
+                                hu_window: Sequence[float] = XRAY2CT_HU_WINDOW) -> Path:
     """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
     import matplotlib
 
@@ -449,7 +315,7 @@ def evaluate_volume_models(
     dataset: Any,
     out_dir: Path,
     device: torch.device,
-    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    hu_window: Sequence[float] = XRAY2CT_HU_WINDOW,
     batch_size: int = 2,
     n_examples: int = 2,
 ) -> dict[str, pd.DataFrame]:

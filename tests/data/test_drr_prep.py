@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from ctpipe.cli import main as cli_main
 from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.drr_prep import (
-    HU_WINDOW,
-    main as prep_drr_main,
     parse_split_fractions,
     CTVolume,
     DRRPrepConfig,
@@ -19,10 +18,10 @@ from ctpipe.data.drr_prep import (
     patient_id_of,
     prep_drr,
     resample_to_cube,
-    window_hu,
 )
 from ctpipe.data.shards import ShardSetError, patient_split, read_manifest
 from ctpipe.data.synthetic_ct import save_nifti, synthetic_ct_volume, write_synthetic_ct
+from ctpipe.intensity import XRAY2CT_HU_WINDOW, hu_to_unit_interval
 
 XRAY, SIZES = 32, (16, 32)
 
@@ -79,7 +78,7 @@ def test_prep_writes_a_loadable_shard_set(prepared):
     manifest = read_manifest(out)
     assert set(manifest.fields) == {"xray", "fov_mm", "volume_16", "volume_32"}
     assert manifest.fields["xray"].shape == (2, XRAY, XRAY)
-    assert manifest.attrs["hu_window"] == list(HU_WINDOW)
+    assert manifest.attrs["hu_window"] == list(XRAY2CT_HU_WINDOW)
     assert manifest.attrs["geometry"]["mode"] == "parallel"
     patients = [p for split in manifest.splits.values() for p in split]
     assert sorted(patients) == [f"ct_{i:04d}" for i in range(6)]
@@ -168,8 +167,8 @@ def test_interrupted_shard_is_rewritten(prepared, source, tmp_path):
 
 def test_split_fractions_option_gives_patient_level_splits_with_a_test_split(source, tmp_path):
     folder = source[0]
-    prep_drr_main([str(folder), str(tmp_path), "--xray-size", "32", "--volume-size", "16",
-                   "--split-fractions", "0.5,0.2,0.3"])
+    cli_main(["prep", "drr", "--src", str(folder), "--out", str(tmp_path), "--xray-size", "32", "--volume-sizes", "16",
+              "--split-fractions", "0.5,0.2,0.3"])
     manifest = read_manifest(tmp_path)
     patients = [f"ct_{i:04d}" for i in range(6)]
     expected = patient_split(patients, {"train": 0.5, "validation": 0.2, "test": 0.3})
@@ -241,7 +240,7 @@ def test_box_average_before_a_large_shrink_keeps_linear_values_exact():
 
 def test_window_maps_the_x2ct_range_to_unit_interval():
     hu = torch.tensor([-2000.0, -1024.0, 226.0, 1476.0, 3000.0])
-    assert torch.allclose(window_hu(hu), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    assert torch.allclose(hu_to_unit_interval(hu), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
 
 
 def _sample_from(tmp_path, name, array, affine):

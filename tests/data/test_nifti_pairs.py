@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from ctpipe.data.datasets import ShardDataset
-from ctpipe.data.nifti_pairs import (DEFAULT_WINDOW, find_pairs, from_canonical, hu_to_unit, prep_nifti_pairs,
-                                     prep_settings, to_canonical, unit_to_hu)
+from ctpipe.data.nifti_pairs import find_pairs, from_canonical, prep_nifti_pairs, prep_settings, to_canonical
 from ctpipe.data.shards import read_manifest, sha256_file
 from ctpipe.data.synthetic_phases import write_synthetic_phases
+from ctpipe.intensity import PIX2PIX_HU_WINDOW, hu_to_symmetric_unit, symmetric_unit_to_hu
 
 SIZE, SLICES = 32, 4
 
@@ -45,15 +45,15 @@ def slices_of(out: Path, patient: str, field: str = "input") -> np.ndarray:
 # ---- intensity -----------------------------------------------------------------------------------------
 def test_intensity_mapping_round_trips_within_half_hu() -> None:
     hu = np.linspace(-1024, 3071, 100_001, dtype=np.float32)
-    unit = hu_to_unit(hu, DEFAULT_WINDOW)
+    unit = hu_to_symmetric_unit(hu, PIX2PIX_HU_WINDOW)
     assert unit.min() == -1.0 and unit.max() == 1.0
-    assert np.max(np.abs(unit_to_hu(unit, DEFAULT_WINDOW) - hu)) < 0.5
-    assert np.max(np.abs(unit_to_hu(unit, DEFAULT_WINDOW) - hu)) < 1e-2  # float32 does far better
+    assert np.max(np.abs(symmetric_unit_to_hu(unit, PIX2PIX_HU_WINDOW) - hu)) < 0.5
+    assert np.max(np.abs(symmetric_unit_to_hu(unit, PIX2PIX_HU_WINDOW) - hu)) < 1e-2  # float32 does far better
     t = torch.tensor([-3000.0, -1024.0, 1023.5, 3071.0, 5000.0])
-    assert torch.allclose(hu_to_unit(t, DEFAULT_WINDOW), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
-    assert unit_to_hu(np.array([0.0]), (-1000.0, 1000.0))[0] == 0.0
+    assert torch.allclose(hu_to_symmetric_unit(t, PIX2PIX_HU_WINDOW), torch.tensor([-1.0, -1.0, 0.0, 1.0, 1.0]))
+    assert symmetric_unit_to_hu(np.array([0.0]), (-1000.0, 1000.0))[0] == 0.0
     with pytest.raises(ValueError, match="hu_window"):
-        hu_to_unit(hu, (100.0, 100.0))
+        hu_to_symmetric_unit(hu, (100.0, 100.0))
 
 
 def test_canonical_round_trip_matches_nibabel() -> None:
@@ -117,7 +117,7 @@ def test_bad_files_are_skipped_and_exactly_reported(messy_src: Path, tmp_path: P
     assert [manifest.attrs["volumes"][f"patient_{k}"]["shard"] for k in range(3)] == [s.file for s in manifest.shards]
     assert set(manifest.fields) == {"input", "target"}
     assert manifest.fields["input"].shape == (SIZE, SIZE) and manifest.fields["input"].dtype == "float32"
-    assert prep_settings(manifest.attrs) == (DEFAULT_WINDOW, SIZE)
+    assert prep_settings(manifest.attrs) == (PIX2PIX_HU_WINDOW, SIZE)
     # no temporary files left behind
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
@@ -167,7 +167,7 @@ def test_flipped_affine_gives_the_same_anatomical_slices(tmp_path: Path) -> None
     assert np.array_equal(slices_of(tmp_path / "out_plain", "p", "target"),
                           slices_of(tmp_path / "out_flipped", "p", "target"))
     # slice k is the k-th inferior-to-superior plane of the RAS volume, axis 0 towards R
-    assert np.allclose(unit_to_hu(plain, DEFAULT_WINDOW), np.moveaxis(data, 2, 0), atol=0.05)
+    assert np.allclose(symmetric_unit_to_hu(plain, PIX2PIX_HU_WINDOW), np.moveaxis(data, 2, 0), atol=0.05)
     vols = read_manifest(tmp_path / "out_flipped").attrs["volumes"]["p"]
     assert vols["axcodes"] == "LPI" and np.allclose(vols["affine"], flipped)
     assert np.allclose(vols["canonical_affine"], ras)

@@ -13,8 +13,9 @@ import torch
 from ctpipe.checkpoint import LATEST, load_checkpoint
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.data import synthetic_phases as sp
-from ctpipe.data.nifti_pairs import canonical_slices, load_volume, prep_nifti_pairs, unit_to_hu
+from ctpipe.data.nifti_pairs import canonical_slices, load_volume, prep_nifti_pairs
 from ctpipe.infer_pix2pix import evaluate_volume
+from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.runner import run_stage, stage_config_path
 from ctpipe.schedules import linear_decay_factor
 from ctpipe.stages.pix2pix_phase import (Pix2PixLossConfig, Pix2PixModelConfig, Pix2PixPhaseConfig, load_phase_splits,
@@ -139,7 +140,7 @@ def test_generator_beats_identity_on_whole_volumes(cohort: Path, tmp_path: Path)
         assert gain.mean() > 1.5, gain
         assert model[SSIM_HU].mean() > ident[SSIM_HU].mean()
         for volume in predict_volumes(trained.generator, dataset, trained.config.data, torch.device("cpu")):
-            x, y, p = (unit_to_hu(v.astype(np.float64), window)
+            x, y, p = (symmetric_unit_to_hu(v.astype(np.float64), window)
                        for v in (volume.input, volume.target, volume.prediction))
             heart = _moving_region(volume.patient_id)
             assert heart.shape == x.shape and 0.02 < heart.mean() < 0.2

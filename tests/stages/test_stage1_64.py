@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ctpipe.config import ConfigError, build_config, load_json
+from ctpipe.losses import VolumeLoss, VolumeLossConfig, ssim3d
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64
 from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
@@ -26,8 +27,6 @@ from ctpipe.stages.xray2ct_common import (
     SSIM_COLUMN,
     Stage1ModelConfig,
     Stage1Net,
-    VolumeLoss,
-    VolumeLossConfig,
     resolve_stage1_network,
 )
 
@@ -113,8 +112,6 @@ def test_multiscale_loss_weights_the_scales() -> None:
     coarse_target = torch.nn.functional.avg_pool3d(target, 2)
     loss = VolumeLoss(VolumeLossConfig(l1=1.0, ssim3d=0.5, scale_weights=(0.25, 1.0)))
     total, logged = loss.multiscale(outputs, target)
-    from ctpipe.losses3d import ssim3d
-
     fine = (outputs[16] - target).abs().mean() + 0.5 * (1 - ssim3d(outputs[16], target).mean())
     coarse = (outputs[8] - coarse_target).abs().mean()  # 8^3 < 11: no SSIM term on that scale
     assert float(total) == pytest.approx(float(fine + 0.25 * coarse), rel=1e-6)

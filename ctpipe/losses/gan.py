@@ -107,20 +107,3 @@ def pix2pix_losses(generator: nn.Module, discriminator: nn.Module, real_a: torch
         generator=generator_loss(discriminator, real_a, real_b, fake_b, gan_mode, lambda_l1),
         discriminator=discriminator_loss(discriminator, real_a, real_b, fake_b, gan_mode),
     )
-
-
-def linear_decay_lambda(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
-    """pix2pix LR factor as a pure function of the 0-based epoch (``LambdaLR``-ready).
-
-    1.0 for epochs 0 .. n_epochs-1, then ``1 - (epoch + 1 - n_epochs) / (n_epochs_decay + 1)``: it falls
-    linearly to ``1 / (n_epochs_decay + 1)`` at the last epoch (n_epochs + n_epochs_decay - 1), as the
-    reference's rule does (it never reaches exactly 0). Never negative, even past the last epoch.
-    """
-    if n_epochs < 0 or n_epochs_decay < 0:
-        raise ValueError(f"linear_decay_lambda: n_epochs={n_epochs} and n_epochs_decay={n_epochs_decay} "
-                         "must be >= 0")
-
-    def factor(epoch: int) -> float:
-        return max(0.0, 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1))
-
-    return factor

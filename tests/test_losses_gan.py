@@ -1,4 +1,4 @@
-"""GAN losses on known logits, pix2pix loss terms, gradient routing, and the LR decay rule."""
+"""GAN losses on known logits, pix2pix loss terms, and gradient routing."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctpipe.models.gan_loss import (discriminator_loss, gan_loss, generator_loss, linear_decay_lambda,
-                                    pix2pix_losses)
+from ctpipe.losses.gan import discriminator_loss, gan_loss, generator_loss, pix2pix_losses
 from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
 from ctpipe.models.pix2pix import UNetGenerator, UNetGeneratorConfig
 
@@ -89,24 +88,3 @@ def test_reference_order_d_step_then_g_step_works() -> None:
     dl = discriminator_loss(d, a, b, fake, "lsgan")
     gl = generator_loss(d, a, b, fake, "lsgan", 100.0)
     assert torch.isfinite(dl.total) and torch.isfinite(gl.total)
-
-
-def test_linear_decay_lambda_reference_rule() -> None:
-    f = linear_decay_lambda(100, 100)
-    assert [f(e) for e in (0, 50, 99)] == [1.0, 1.0, 1.0]
-    assert f(100) == pytest.approx(1 - 1 / 101)
-    assert f(149) == pytest.approx(1 - 50 / 101)
-    assert f(199) == pytest.approx(1 / 101)
-    assert f(500) == 0.0
-    values = [f(e) for e in range(200)]
-    assert all(x >= y for x, y in zip(values, values[1:]))
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay_lambda(2, 3))
-    lrs = []
-    for _ in range(5):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs == pytest.approx([2e-4, 2e-4, 2e-4 * 3 / 4, 2e-4 * 2 / 4, 2e-4 * 1 / 4])
-    with pytest.raises(ValueError, match="n_epochs"):
-        linear_decay_lambda(-1, 5)
