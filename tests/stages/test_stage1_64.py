@@ -19,12 +19,12 @@ import torch
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64
 from ctpipe.runner import run_stage
+from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.stages.stage1_64 import Stage1Config
 from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
     SSIM_COLUMN,
     Stage1ModelConfig,
-    Stage1Net,
     VolumeLoss,
     VolumeLossConfig,
     resolve_stage1_network,
