@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_path, atomic_write_frame
+from ctpipe.atomic import atomic_write_frame, atomic_write_png
 from ctpipe.errors import UserError
 from ctpipe.report_html import write_html_report
 from ctpipe.run_files import BASELINE, EVAL_COUNTS, ROLE_COLUMN, TRAINED
@@ -237,11 +237,7 @@ def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
             if i == 0:
                 ax.set_title(name, fontsize=9)
     fig.suptitle(f"{run.stage} / {run.name} / {split}", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+    return atomic_write_png(fig, out_png, 110)
 
 
 def _middle_slice(arr: np.ndarray) -> np.ndarray:
@@ -271,11 +267,7 @@ def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | No
     ax.set_ylim(low - 2, None)
     ax.set_ylabel(column)
     ax.set_title(f"{column} on the {rows.split.iloc[0]} split")
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+    return atomic_write_png(fig, out_png, 110)
 
 
 def family_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:

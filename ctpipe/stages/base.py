@@ -59,16 +59,20 @@ def _no_columns(cfg: Any, task: Any) -> Mapping[str, Mapping[str, Any]]:
 class Evaluation(Generic[C, T]):
     """What the final evaluation needs besides the predictors.
 
-    ``target(cfg, task, model)``: the batch key of a model's target; ``metric``: per-sample metric columns; ``columns``:
-    constant columns added to a model's rows; ``figure``: writes ``<model>_slices.png``; ``score_split``:
-    a scorer replacing the per-sample loop (pix2pix scores whole volumes)."""
+    Per-sample scoring: ``target(cfg, task, model)``, the batch key of a model's target; ``metric(cfg)``, the
+    per-sample metric columns; ``columns``, constant columns added to a model's rows; ``figure``, writes
+    ``<model>_slices.png``. ``score_split`` replaces the per-sample loop (pix2pix scores whole volumes)."""
 
-    target: Callable[[C, T, str], str]
-    metric: Callable[[C], MetricFn]
+    target: Callable[[C, T, str], str] | None = None
+    metric: Callable[[C], MetricFn] | None = None
     columns: Callable[[C, T], Mapping[str, Mapping[str, Any]]] = _no_columns
     figure: FigureFn | None = None
     n_examples: int = 4
     score_split: SplitScorer | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_split is None and (self.target is None or self.metric is None):
+            raise ValueError("Evaluation: give target and metric (per-sample scoring) or score_split")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,10 +141,11 @@ def evaluate_run(stage: Stage[C, T], cfg: C, task: T, run_dir: Path, device: tor
         if evaluation.score_split is not None:
             scores = evaluation.score_split(cfg, task, predictors, dataset, device, split)
         else:
+            assert evaluation.target is not None and evaluation.metric is not None  # checked at construction
             targets = {name: evaluation.target(cfg, task, name) for name in predictors}
-            scores = score_samples(predictors, targets, evaluation.metric(cfg), dataset,
-                                   device, cfg.data.eval_batch_size, evaluation.n_examples, split,  # type: ignore[attr-defined]
-                                   evaluation.columns(cfg, task))
+            batch_size = cfg.data.eval_batch_size  # type: ignore[attr-defined]
+            scores = score_samples(predictors, targets, evaluation.metric(cfg), dataset, device, batch_size,
+                                   evaluation.n_examples, split, evaluation.columns(cfg, task))
         write_split(scores, out_dir, roles)
         if evaluation.figure is not None:
             for name, (pred, target, sample) in scores.first.items():

@@ -25,23 +25,9 @@ from ctpipe.models.xray2ct import XRAY2CT_TINY
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    TrainedVolumeModel,
-    VolumeLoss,
-    VolumeLossConfig,
-    XRayDataConfig,
-    check_shard_set,
-    field_size,
-    load_xray_splits,
-    trained_volume_model,
-    volume_metrics,
-    with_baselines,
-    xray_evaluation,
-    xray_input,
-)
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeLoss, VolumeLossConfig, VolumeTaskSteps,
+                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
+                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
 
 STAGE = "direct_256"
 DIRECT_MODEL = "direct_256"
@@ -108,11 +94,11 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
     return trained_volume_model(model, run, int(run.inference["output_size"]), device)
 
 
-class Direct256Task:
+class Direct256Task(VolumeTaskSteps):
     """Trainer task: ``xray`` -> Direct256 -> {s/4, s/2, s}^3, multi-scale loss against ``data.high_field``."""
 
     def __init__(self, cfg: Direct256StageConfig, env: DistEnv, device: torch.device) -> None:
-        self.cfg = cfg
+        self.cfg, self.target_field = cfg, cfg.data.high_field
         self.high_size = field_size(cfg.data.root, cfg.data.high_field)
         self.network = resolve_direct_network(cfg.model, self.high_size, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.backbone.xray_size)
@@ -128,25 +114,8 @@ class Direct256Task:
                             "optim": to_dict(cfg.optim), "init_from_stage1": cfg.init_from_stage1,
                             "output_size": self.high_size}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            outputs = stepper.module("model")(xray_input(batch))
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.high_field])
-        stepper.backward(loss, "model")
-        return terms
-
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model(xray_input(batch))[self.high_size].float()
-
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        return {"target": batch[self.cfg.data.high_field][0], "prediction": self.predict(batch)[0].float()}
-
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred, target = self.predict(batch), batch[self.cfg.data.high_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
 
 
 def model_targets(cfg: Direct256StageConfig, task: Direct256Task) -> dict[str, str]:

@@ -49,7 +49,7 @@ from ctpipe.models.pix2pix import GENERATORS, UNetConfig, UNetGenerator
 from ctpipe.progress import track
 from ctpipe.schedule_checks import linear_decay_problem
 from ctpipe.schedules import build_optimizer
-from ctpipe.stages.base import Evaluation, MetricFn, Predictor, SplitScores, Stage
+from ctpipe.stages.base import Evaluation, Predictor, SplitScores, Stage
 from ctpipe.train import collate
 from ctpipe.volume_scores import evaluate_volume
 
@@ -395,12 +395,7 @@ def score_volumes(cfg: Pix2PixPhaseConfig, task: Pix2PixPhaseTask, predictors: M
     return scores
 
 
-def _slice_metric(cfg: Pix2PixPhaseConfig) -> MetricFn:
-    return slice_metrics
-
-
-PHASE_EVALUATION: Evaluation[Pix2PixPhaseConfig, Pix2PixPhaseTask] = Evaluation(
-    target=lambda cfg, task, model: cfg.data.target_field, metric=_slice_metric, score_split=score_volumes)
+PHASE_EVALUATION: Evaluation[Pix2PixPhaseConfig, Pix2PixPhaseTask] = Evaluation(score_split=score_volumes)
 
 
 # ---- inference: a trained run -> generator + prep settings ------------------------------------------------------

@@ -32,23 +32,9 @@ from ctpipe.models.refine256 import REFINE256_TINY, Refine256, Refine256Config, 
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    TrainedVolumeModel,
-    VolumeLoss,
-    VolumeLossConfig,
-    XRayDataConfig,
-    check_shard_set,
-    field_size,
-    load_xray_splits,
-    trained_volume_model,
-    volume_metrics,
-    with_baselines,
-    xray_evaluation,
-    xray_input,
-)
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeLoss, VolumeLossConfig, VolumeTaskSteps,
+                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
+                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
 
 STAGE = "refine_256"
 REFINE_MODEL = "refine_256"
@@ -119,15 +105,17 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
     run.require_stage(STAGE)
     shape = {"input_size": int(run.fingerprint["network"]["input_size"]), **run.inference}
     model = build_model(run.typed_config(Refine256StageConfig), shape)
-    model.load_state_dict(run.models["refine"])
+    model.load_state_dict(run.models[Refine256Task.module_name])
     return trained_volume_model(model, run, int(shape["output_size"]), device)
 
 
-class Refine256Task:
+class Refine256Task(VolumeTaskSteps):
     """Trainer task: frozen stage 1 (xray -> 64^3) -> Refine256 -> {64, 128, 256}^3, multi-scale loss."""
 
+    module_name = "refine"
+
     def __init__(self, cfg: Refine256StageConfig, env: DistEnv, device: torch.device) -> None:
-        self.cfg = cfg
+        self.cfg, self.target_field = cfg, cfg.data.high_field
         if not Path(cfg.stage1_checkpoint).is_file():
             raise FileNotFoundError(f"stage1_checkpoint={cfg.stage1_checkpoint} does not exist; train stage1_64 first "
                                     "and pass its run's checkpoints/best.pt")
@@ -143,10 +131,10 @@ class Refine256Task:
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
         self.model = build_model(cfg, {"input_size": low, "output_size": self.high_size})
         self.loss = VolumeLoss(cfg.loss).to(device)
-        self.modules = {"refine": self.model}
+        self.modules = {self.module_name: self.model}
         n_supervised = 3 if self.high_size == 4 * low else 2  # the 4x branch is frozen for a 2x target
         self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, n_supervised)
-        self.optimizers = {"refine": build_optimizer(self.model.parameters(), cfg.optim)}
+        self.optimizers = {self.module_name: build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim), "stage1_sha256": sha256_file(cfg.stage1_checkpoint),
                             "output_size": self.high_size}
@@ -156,25 +144,14 @@ class Refine256Task:
         """The frozen stage-1 prediction, float32, clamped to [0, 1]."""
         return self.stage1(xray_input(batch)).float().clamp(0.0, 1.0)
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            low = self.stage1_volume(batch)
-            outputs = supervised(stepper.module("refine")(low), self.high_size)
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.high_field])
-        stepper.backward(loss, "refine")
-        return terms
+    def net_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.stage1_volume(batch)
 
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        pred = self.model(self.stage1_volume(batch))[self.high_size]
-        return {"target": batch[self.cfg.data.high_field][0], "prediction": pred[0].float()}
+    def supervised(self, outputs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return supervised(outputs, self.high_size)
 
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred = self.model(self.stage1_volume(batch))[self.high_size].float()
-        target = batch[self.cfg.data.high_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
+    def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.model(self.stage1_volume(batch))[self.high_size].float()
 
 
 def model_targets(cfg: Refine256StageConfig, task: Refine256Task) -> dict[str, str]:

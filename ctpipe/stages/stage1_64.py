@@ -33,28 +33,11 @@ from ctpipe.models.refine256 import trilinear_baseline
 from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    Stage1ModelConfig,
-    TrainedVolumeModel,
-    VolumeLoss,
-    VolumeLossConfig,
-    XRayDataConfig,
-    check_shard_set,
-    field_size,
-    has_field,
-    load_xray_splits,
-    resolve_stage1_network,
-    trained_volume_model,
-    training_arrays,
-    training_reference,
-    volume_metrics,
-    with_baselines,
-    xray_evaluation,
-    xray_input,
-)
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, Stage1ModelConfig, TrainedVolumeModel, VolumeLoss,
+                                          VolumeLossConfig, VolumeTaskSteps, XRayDataConfig, check_shard_set,
+                                          field_size, has_field, load_xray_splits, resolve_stage1_network,
+                                          trained_volume_model, training_arrays, training_reference, with_baselines,
+                                          xray_evaluation, xray_input)
 
 STAGE = "stage1_64"
 STAGE1_MODEL = "stage1_64"
@@ -89,11 +72,11 @@ def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> 
     return trained_volume_model(model.net, run, model.net.config.volume_size, device)
 
 
-class Stage1Task:
+class Stage1Task(VolumeTaskSteps):
     """Trainer task: ``xray`` -> Stage1Net -> ``data.volume_field``, multi-scale composite loss."""
 
     def __init__(self, cfg: Stage1Config, env: DistEnv, device: torch.device) -> None:
-        self.cfg = cfg
+        self.cfg, self.target_field = cfg, cfg.data.volume_field
         self.network = resolve_stage1_network(cfg.model, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.xray_size)
         size = field_size(cfg.data.root, cfg.data.volume_field)
@@ -116,25 +99,8 @@ class Stage1Task:
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim)}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            outputs = stepper.module("model")(xray_input(batch))
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.volume_field])
-        stepper.backward(loss, "model")
-        return terms
-
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model.net(xray_input(batch)).float()
-
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        return {"target": batch[self.cfg.data.volume_field][0], "prediction": self.predict(batch)[0].float()}
-
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred, target = self.predict(batch), batch[self.cfg.data.volume_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
 
 
 def model_targets(cfg: Stage1Config, task: Stage1Task) -> dict[str, str]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ctpipe.atomic import atomic_path
+from ctpipe.atomic import atomic_write_png
 from ctpipe.checkpoint import RunCheckpoint
 from ctpipe.config import ConfigError
 from ctpipe.data.datasets import ShardDataset
@@ -387,11 +387,7 @@ def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"{label}: {plane}", fontsize=8)
     fig.suptitle(f"{title} (HU window [{low:g}, {high:g}], {pred.shape[0]}^3 voxels)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return atomic_write_png(fig, path, 100)
 
 
 def _slices_figure(cfg: Any, pred: np.ndarray, target: np.ndarray, path: Path, title: str) -> Path:
@@ -410,7 +406,8 @@ def xray_evaluation(model_targets: Callable[[Any, Any], Mapping[str, str]],
 
     def targets(cfg: Any, task: Any) -> dict[str, str]:
         models = dict(model_targets(cfg, task))
-        return {**models, **{name: field for name, (_, field) in baseline_targets(list(dict.fromkeys(models.values())), own_field(cfg)).items()}}
+        baselines = baseline_targets(list(dict.fromkeys(models.values())), own_field(cfg))
+        return {**models, **{name: field for name, (_, field) in baselines.items()}}
 
     def columns(cfg: Any, task: Any) -> dict[str, dict[str, Any]]:
         low, high = (float(v) for v in cfg.data.hu_window)
@@ -419,6 +416,46 @@ def xray_evaluation(model_targets: Callable[[Any, Any], Mapping[str, str]],
 
     return Evaluation(target=lambda cfg, task, model: targets(cfg, task)[model], metric=_volume_metric,
                       columns=columns, figure=_slices_figure, n_examples=2)
+
+
+# ---- the trainer steps every X-ray -> CT task shares ----------------------------------------------------------
+class VolumeTaskSteps:
+    """``train_step``, ``example_images`` and ``eval_step`` of an X-ray -> CT task.
+
+    The task sets ``cfg``, ``loss`` (a :class:`VolumeLoss`), ``target_field`` and ``module_name`` (its trained
+    module) and defines ``net_input(batch)`` (what that module takes) and ``predict(batch)`` (the final-grid
+    prediction, float32); ``supervised(outputs)`` picks the output scales the loss sees (default: all)."""
+
+    cfg: Any
+    loss: VolumeLoss
+    target_field: str
+    module_name: str = "model"
+
+    def net_input(self, batch: Mapping[str, Any]) -> Tensor:
+        return xray_input(batch)
+
+    def predict(self, batch: Mapping[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def supervised(self, outputs: dict[int, Tensor]) -> dict[int, Tensor]:
+        return outputs
+
+    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, Tensor]:
+        with stepper.autocast():
+            outputs = self.supervised(stepper.module(self.module_name)(self.net_input(batch)))
+            loss, terms = self.loss.multiscale(outputs, batch[self.target_field])
+        stepper.backward(loss, self.module_name)
+        return terms
+
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The first volume's target and prediction; TensorBoard shows their middle slices."""
+        return {"target": batch[self.target_field][0], "prediction": self.predict(batch)[0].float()}
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        pred, target = self.predict(batch), batch[self.target_field]
+        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
+        return {"loss": self.loss.per_sample(pred, target),
+                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
 
 
 # ---- baselines that use the X-rays at most to pick a training patient -------------------------------------
@@ -517,5 +554,6 @@ def _clamped(predict: Predictor) -> Predictor:
     return lambda batch: predict(batch).float().clamp(0.0, 1.0)
 
 
-def _pick(predict_all: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], name: str, batch: Mapping[str, Any]) -> Tensor:
+def _pick(predict_all: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], name: str,
+          batch: Mapping[str, Any]) -> Tensor:
     return predict_all(batch)[name]
