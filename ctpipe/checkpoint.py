@@ -9,6 +9,7 @@ old one becomes ``previous.pt``, so a damaged ``latest.pt`` never costs more tha
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import random
@@ -177,8 +178,6 @@ def run_history(run_dir: str | Path) -> list[Path]:
 def archive_run(run_dir: str | Path, stamp: str | None = None) -> Path | None:
     """Move everything in ``run_dir`` (except earlier archives) into ``run_dir/archive-<UTC time>/``, so a
     restarted run starts empty and nothing of the old one is lost. Returns the archive (None: nothing to move)."""
-    import datetime
-
     run_dir = Path(run_dir)
     keep = ("archive-", "run.lock")  # earlier archives; the lock of the process restarting the run
     entries = [p for p in run_dir.iterdir() if not p.name.startswith(keep)] if run_dir.is_dir() else []

@@ -209,7 +209,7 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
     """A grid of example slices: target and every model's prediction, with per-image PSNR."""
-    import matplotlib
+    import matplotlib  # heavy and only needed for figures: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -248,7 +248,7 @@ def _middle_slice(arr: np.ndarray) -> np.ndarray:
 
 
 def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | None:
-    import matplotlib
+    import matplotlib  # heavy and only needed for figures: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
