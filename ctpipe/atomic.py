@@ -135,3 +135,14 @@ def atomic_write_frame(frame: Any, target: str | os.PathLike[str], **to_csv: Any
     with atomic_path(target) as tmp:
         frame.to_csv(tmp, **{"index": False, **to_csv})
     return Path(target)
+
+
+def atomic_write_png(fig: Any, target: str | os.PathLike[str], dpi: int) -> Path:
+    """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt  # heavy; only the callers that draw figures pay for it
+
+    fig.tight_layout()
+    with atomic_path(target, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    return Path(target)

@@ -8,16 +8,20 @@ old one becomes ``previous.pt``, so a damaged ``latest.pt`` never costs more tha
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import json
 import logging
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 import torch
 
 from ctpipe.atomic import atomic_path
+from ctpipe.config import from_dict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,74 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "global_step" not in state:
         raise CheckpointError(f"checkpoint {path} is not a ctpipe training checkpoint (no 'global_step')")
     return state
+
+
+C = TypeVar("C")
+# Fingerprint entries that inference must repeat (the grid a run was trained on, the prep it read).
+INFERENCE_KEYS = ("output_size", "slice_shape", "prep")
+RUN_CONFIG = "config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheckpoint:
+    """A typed view of one training checkpoint: what a stage needs to rebuild and describe its trained model.
+
+    ``inference`` holds what was recorded at training time for inference to repeat (:data:`INFERENCE_KEYS`
+    of the fingerprint: the output grid, the slice shape, the prep's window and size), so a model can be
+    rebuilt without the data it was trained on."""
+
+    path: Path
+    stage: str
+    config: dict[str, Any]
+    fingerprint: dict[str, Any]
+    inference: dict[str, Any]
+    models: dict[str, dict[str, torch.Tensor]]
+    epoch: int
+    global_step: int
+
+    def typed_config(self, config_cls: type[C]) -> C:
+        """The run's config as ``config_cls`` (unknown keys are refused, naming this file)."""
+        return from_dict(config_cls, self.config, f"{self.path} config")
+
+    def require_stage(self, stage: str, hint: str = "") -> None:
+        """Refuse a checkpoint of another stage, naming the file, its stage and what to pass instead."""
+        if self.stage != stage:
+            raise ValueError(f"{self.path} is a {self.stage!r} checkpoint, not a {stage!r} one"
+                             + (f"; {hint}" if hint else f"; pass a {stage} run's checkpoints/best.pt"))
+
+
+def _json_dict(value: Any) -> dict[str, Any]:
+    """A checkpoint's JSON-string entry (``config``, ``fingerprint``) as a dict; empty when absent."""
+    if not value:
+        return {}
+    return json.loads(value) if isinstance(value, str) else dict(value)
+
+
+def _run_folder_config(path: Path) -> dict[str, Any]:
+    """``RUN/config.json`` for ``RUN/checkpoints/<file>.pt`` (checkpoints that carry no config)."""
+    config = path.resolve().parent.parent / RUN_CONFIG
+    if not config.is_file():
+        raise ValueError(f"checkpoint {path} records no config and {config} does not exist; pass a checkpoint "
+                         "written by `ctpipe train` (a run folder's checkpoints/best.pt)")
+    return json.loads(config.read_text())
+
+
+def run_checkpoint(state: Mapping[str, Any], path: str | Path) -> RunCheckpoint:
+    """The :class:`RunCheckpoint` view of a loaded checkpoint dict (config from the run folder when absent)."""
+    path = Path(path)
+    config = _json_dict(state.get("config")) or _run_folder_config(path)
+    fingerprint = _json_dict(state.get("fingerprint"))
+    return RunCheckpoint(
+        path=path, stage=str(config.get("stage", "")), config=config, fingerprint=fingerprint,
+        inference={k: fingerprint[k] for k in INFERENCE_KEYS if k in fingerprint},
+        models=dict(state.get("models", {})), epoch=int(state.get("epoch", 0)),
+        global_step=int(state["global_step"]),
+    )
+
+
+def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> RunCheckpoint:
+    """Load ``path`` (safely, see :func:`load_checkpoint`) and return its typed view."""
+    return run_checkpoint(load_checkpoint(path, map_location), path)
 
 
 def resume_candidates(ckpt_dir: str | Path) -> list[Path]:
@@ -106,8 +178,6 @@ def run_history(run_dir: str | Path) -> list[Path]:
 def archive_run(run_dir: str | Path, stamp: str | None = None) -> Path | None:
     """Move everything in ``run_dir`` (except earlier archives) into ``run_dir/archive-<UTC time>/``, so a
     restarted run starts empty and nothing of the old one is lost. Returns the archive (None: nothing to move)."""
-    import datetime
-
     run_dir = Path(run_dir)
     keep = ("archive-", "run.lock")  # earlier archives; the lock of the process restarting the run
     entries = [p for p in run_dir.iterdir() if not p.name.startswith(keep)] if run_dir.is_dir() else []

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ctpipe.checkpoint import CheckpointError
-from ctpipe.config import ConfigError
 from ctpipe.errors import DiskFullError, UserError, is_disk_full
 from ctpipe.intensity import PIX2PIX_HU_WINDOW
 from ctpipe.progress import Progress
@@ -207,7 +206,7 @@ def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
 def _infer_pix2pix(args: argparse.Namespace) -> None:
     from ctpipe.distributed import DistEnv, pick_device
     from ctpipe.infer_pix2pix import describe, infer_folder, infer_volume
-    from ctpipe.stages.pix2pix_phase import load_trained_generator
+    from ctpipe.stages import get_stage
 
     single, batch = args.input is not None, args.input_dir is not None
     if single == batch:
@@ -217,7 +216,7 @@ def _infer_pix2pix(args: argparse.Namespace) -> None:
     if single and args.target_dir is not None:
         raise ValueError("--target-dir only goes with --input-dir")
     device = pick_device(args.device, DistEnv())
-    trained = load_trained_generator(args.checkpoint, device, args.data_root)
+    trained = get_stage("pix2pix_phase").load_trained(args.checkpoint, device, args.data_root)
     window, size = trained.prep.window, trained.prep.size
     print(f"generator from {trained.checkpoint}; prep window {window} HU, slice size {size or 'native'}",
           file=sys.stderr if args.json else sys.stdout)

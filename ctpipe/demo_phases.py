@@ -65,7 +65,7 @@ def run_phases_demo(workdir: Path, size: PhasesDemoSize = PhasesDemoSize()) -> d
     from ctpipe.infer_pix2pix import describe, infer_folder
     from ctpipe.report import aggregate
     from ctpipe.runner import configure_logging, run_stage
-    from ctpipe.stages.pix2pix_phase import load_trained_generator
+    from ctpipe.stages import get_stage
     from ctpipe.summaries import infer_folder_summary, prep_summary
 
     start = time.monotonic()
@@ -92,7 +92,7 @@ def run_phases_demo(workdir: Path, size: PhasesDemoSize = PhasesDemoSize()) -> d
     if result.status not in ("completed", "early_stopped"):
         raise RuntimeError(f"pix2pix_phase training ended {result.status}; see {run_dir}/events.jsonl")
     say(f"4/5 folder inference: {raw / 'testA'} -> {predictions} (NIfTI, HU), scored against {raw / 'testB'}")
-    trained = load_trained_generator(run_dir / "checkpoints" / "best.pt")
+    trained = get_stage("pix2pix_phase").load_trained(run_dir / "checkpoints" / "best.pt")
     folder = infer_folder(trained.generator, raw / "testA", predictions, trained.prep.window, trained.prep.size,
                           "cpu", 8, raw / "testB")
     for line in infer_folder_summary(folder, predictions, {})[0]:

@@ -18,19 +18,21 @@ outside the window were clipped in training and cannot be recovered). The file i
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import h5py
 import nibabel as nib
 import numpy as np
 import torch
 
 from ctpipe.atomic import atomic_path
+from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.data.shards import SAMPLE_ID_KEY, read_manifest
 from ctpipe.errors import UserError
 from ctpipe.intensity import unit_interval_to_hu
+from ctpipe.stages import get_stage
 
 XRAY_RANGE = (0.0, 1.0)  # drr_to_image's output range
 XRAY_TOLERANCE = 0.05  # interpolation or a different renderer may overshoot a little; far outside is refused
@@ -96,10 +98,6 @@ def load_xrays(xrays: str | os.PathLike[str], sample_id: str | None = None, fov_
 
 
 def _shard_sample(root: Path, sample_id: str | None, fov_mm: float | None) -> XRayInput:
-    import h5py
-
-    from ctpipe.data.shards import SAMPLE_ID_KEY, read_manifest
-
     manifest = read_manifest(root)
     if sample_id is None:
         raise ValueError(f"--xrays {root} is a shard set: choose a sample with --sample-id")
@@ -140,64 +138,24 @@ def save_ct_nifti(volume_hu: np.ndarray, fov_mm: float, out: str | os.PathLike[s
 def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, refine: str | os.PathLike[str] | None,
                         device: torch.device | str = "cpu") -> tuple[np.ndarray, tuple[float, float], str]:
     """``(volume in [0, 1] (s, s, s), hu_window, model name)`` for one ``(2, n, n)`` X-ray pair."""
-    from ctpipe.checkpoint import load_checkpoint
-    from ctpipe.stages.xray2ct_common import checkpoint_config, load_stage1
-
     device = torch.device(device)
-    state = load_checkpoint(checkpoint)
-    config = checkpoint_config(state, checkpoint)
-    if config.get("stage") not in INPUT_STAGES:
+    stage = read_run_checkpoint(checkpoint).stage
+    if stage not in INPUT_STAGES:
         hint = " (a refine_256 checkpoint goes with --refine, next to a stage1_64 --checkpoint)" \
-            if config.get("stage") == "refine_256" else ""
-        raise XRayInputError(f"--checkpoint {checkpoint} is a {config.get('stage')!r} checkpoint; `infer xray2ct` "
+            if stage == "refine_256" else ""
+        raise XRayInputError(f"--checkpoint {checkpoint} is a {stage!r} checkpoint; `infer xray2ct` "
                              f"takes a {' or '.join(INPUT_STAGES)} run's checkpoints/best.pt{hint}")
-    window = tuple(float(v) for v in config["data"]["hu_window"])
-    batch = torch.from_numpy(np.ascontiguousarray(xray))[None].to(device)
-    if config.get("stage") == "direct_256":
-        if refine is not None:
-            raise ValueError("--refine applies to stage1_64 checkpoints, not to a direct_256 one")
-        model = _direct_model(state, config, device)
-        return model(batch)[trained_output_size(state)][0, 0].float().clamp(0, 1).cpu().numpy(), window, "direct_256"  # type: ignore[return-value]
-    stage1, _ = load_stage1(checkpoint, device)
-    low = stage1(batch).float().clamp(0, 1)
+    if stage == "direct_256" and refine is not None:
+        raise ValueError("--refine applies to stage1_64 checkpoints, not to a direct_256 one")
+    model = get_stage(stage).load_trained(checkpoint, device)
+    volume = model(torch.from_numpy(np.ascontiguousarray(xray))[None].to(device))
     if refine is None:
-        return low[0, 0].cpu().numpy(), window, "stage1_64"  # type: ignore[return-value]
-    refiner, size = _refine_model(refine, low.shape[-1], device)
-    return refiner(low)[size][0, 0].float().clamp(0, 1).cpu().numpy(), window, "refine_256"  # type: ignore[return-value]
-
-
-def _direct_model(state: dict[str, Any], config: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    from ctpipe.config import from_dict
-    from ctpipe.models.xray2ct_progressive import XRay2CTProgressive
-    from ctpipe.stages.direct_256 import DirectModelConfig, resolve_direct_network
-
-    model_cfg = from_dict(DirectModelConfig, config["model"], "checkpoint model")
-    model = XRay2CTProgressive(resolve_direct_network(model_cfg, trained_output_size(state), False))
-    model.load_state_dict(state["models"]["model"])
-    return model.to(device).eval()
-
-
-def trained_output_size(state: dict[str, Any]) -> int:
-    """The grid a refine_256 / direct_256 run was trained on (recorded in its fingerprint)."""
-    return int(json.loads(state["fingerprint"])["output_size"])
-
-
-def _refine_model(path: str | os.PathLike[str], input_size: int,
-                  device: torch.device) -> tuple[torch.nn.Module, int]:
-    from ctpipe.checkpoint import load_checkpoint
-    from ctpipe.config import from_dict
-    from ctpipe.models.residual_upsampler3d import ResidualUpsampler3D
-    from ctpipe.stages.refine_256 import RefineModelConfig, resolve_refine_network
-    from ctpipe.stages.xray2ct_common import checkpoint_config
-
-    state = load_checkpoint(path)
-    config = checkpoint_config(state, path)
-    if config.get("stage") != "refine_256":
-        raise ValueError(f"--refine {path} is a {config.get('stage')!r} checkpoint; pass a refine_256 run's best.pt")
-    model_cfg = from_dict(RefineModelConfig, config["model"], f"{path}: model")
-    model = ResidualUpsampler3D(resolve_refine_network(model_cfg, input_size, False))
-    model.load_state_dict(state["models"]["refine"])
-    return model.to(device).eval(), trained_output_size(state)
+        return volume[0, 0].cpu().numpy(), model.hu_window, stage
+    refiner = get_stage("refine_256").load_trained(refine, device)
+    if refiner.model.config.input_size != volume.shape[-1]:
+        raise ValueError(f"--refine {refine} refines {refiner.model.config.input_size}^3 volumes but --checkpoint "
+                         f"{checkpoint} predicts {volume.shape[-1]}^3; pass the refine_256 run trained on it")
+    return refiner(volume)[0, 0].cpu().numpy(), model.hu_window, "refine_256"
 
 
 def infer_xray2ct(checkpoint: str | os.PathLike[str], xrays: str | os.PathLike[str], out: str | os.PathLike[str],

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_path, atomic_write_frame
+from ctpipe.atomic import atomic_write_frame, atomic_write_png
 from ctpipe.errors import UserError
-from ctpipe.stages.base import EVAL_COUNTS
 from ctpipe.report_html import write_html_report
+from ctpipe.run_files import BASELINE, EVAL_COUNTS, ROLE_COLUMN, TRAINED
 
-# Reference methods a stage scores beside its trained model (experiment column = "baseline"). A run's other
-# non-trained models (e.g. experiment 1's learned window re-scored inside an experiment-4 run) are
-# "baseline" rows of that run too: see :func:`row_experiment`.
+# Reference methods the stages score beside their trained models (experiment column = "baseline"). Every
+# evaluation row records its role when written; these names (and LEGACY_TRAINED_MODELS) only classify the
+# rows of eval tables written before the role column existed: see :func:`row_experiment`.
 BASELINES: dict[str, str] = {
     "fbp_hann": "FBP, Hann window, frequency scaling 0.641 (published LoDoPaB baseline)",
     "identity": "input volume used as the prediction",
@@ -26,6 +26,15 @@ BASELINES: dict[str, str] = {
     "nearest_xray": "X-ray -> CT: the training volume whose X-rays are nearest in L2 (nearest_xray_<size> on another grid)",
 }
 XRAY_TRIVIAL_BASELINES = ("mean_volume", "nearest_xray")
+# Eval tables without a ``role`` column: the model each stage trained (every other model is a baseline).
+LEGACY_TRAINED_MODELS: dict[str, str] = {
+    "fbp_window": "learned_window",
+    "fbp_unet": "fbp_unet",
+    "stage1_64": "stage1_64",
+    "refine_256": "refine_256",
+    "direct_256": "direct_256",
+    "pix2pix_phase": "pix2pix",
+}
 MARGIN_METRIC = "psnr[range=1]"
 
 
@@ -78,16 +87,19 @@ def _run_facts(run: RunFiles) -> dict[str, Any]:
     return {"epochs": epochs, "wall_time_s": round(wall, 2)}
 
 
-def row_experiment(run: RunFiles, model: str) -> str:
-    """The run's experiment for the model its stage trains, "baseline" for everything scored beside it.
+def row_role(run: RunFiles, model: str, frame: pd.DataFrame) -> str:
+    """The ``role`` the table records; for tables written before that column, the stage's trained model from
+    :data:`LEGACY_TRAINED_MODELS` (a stage this version does not know: the :data:`BASELINES` names)."""
+    if ROLE_COLUMN in frame and len(frame):
+        return str(frame[ROLE_COLUMN].iloc[0])
+    trained = LEGACY_TRAINED_MODELS.get(run.stage)
+    reference = model != trained if trained is not None else model in BASELINES
+    return BASELINE if reference else TRAINED
 
-    Run folders of a stage this version does not know fall back to the :data:`BASELINES` names.
-    """
-    from ctpipe.stages import STAGES
 
-    stage = STAGES.get(run.stage)
-    reference = model != stage.trained_model if stage is not None else model in BASELINES
-    return "baseline" if reference else str(run.config.get("experiment", run.stage))
+def row_experiment(run: RunFiles, model: str, frame: pd.DataFrame) -> str:
+    """The run's experiment for the model its stage trains, "baseline" for everything scored beside it."""
+    return "baseline" if row_role(run, model, frame) == BASELINE else str(run.config.get("experiment", run.stage))
 
 
 class EvalTableError(UserError):
@@ -134,7 +146,7 @@ def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
                 continue
             split = csv_path.parent.name
             model = str(frame["model"].iloc[0]) if len(frame) else csv_path.stem
-            experiment = row_experiment(run, model)
+            experiment = row_experiment(run, model, frame)
             frame.insert(0, "split", split)
             frame.insert(0, "experiment", experiment)
             frame.insert(0, "stage", run.stage)
@@ -148,7 +160,7 @@ def per_sample_table(runs: list[RunFiles]) -> pd.DataFrame:
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    ids = {"run", "stage", "experiment", "split", "model", "sample_id", "patient_id"}
+    ids = {"run", "stage", "experiment", "split", "model", ROLE_COLUMN, "sample_id", "patient_id"}
     return [c for c in frame.columns if c not in ids and pd.api.types.is_numeric_dtype(frame[c])]
 
 
@@ -197,7 +209,7 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
     """A grid of example slices: target and every model's prediction, with per-image PSNR."""
-    import matplotlib
+    import matplotlib  # heavy and only needed for figures: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -225,11 +237,7 @@ def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
             if i == 0:
                 ax.set_title(name, fontsize=9)
     fig.suptitle(f"{run.stage} / {run.name} / {split}", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+    return atomic_write_png(fig, out_png, 110)
 
 
 def _middle_slice(arr: np.ndarray) -> np.ndarray:
@@ -240,7 +248,7 @@ def _middle_slice(arr: np.ndarray) -> np.ndarray:
 
 
 def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | None:
-    import matplotlib
+    import matplotlib  # heavy and only needed for figures: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -259,11 +267,7 @@ def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | No
     ax.set_ylim(low - 2, None)
     ax.set_ylabel(column)
     ax.set_title(f"{column} on the {rows.split.iloc[0]} split")
-    fig.tight_layout()
-    with atomic_path(out_png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out_png
+    return atomic_write_png(fig, out_png, 110)
 
 
 def family_tables(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:

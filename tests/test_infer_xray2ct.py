@@ -15,7 +15,7 @@ import torch
 from ctpipe.cli import main
 from ctpipe.infer_xray2ct import infer_xray2ct, load_xrays, volume_affine
 from ctpipe.runner import run_stage
-from ctpipe.stages.xray2ct_common import load_stage1
+from ctpipe.stages import STAGES
 from tests.stages.test_stage1_64 import TINY, make_xray_shards, quick_stage1
 
 
@@ -43,7 +43,7 @@ def test_stage1_output_in_hu_with_the_recorded_fov(trained, tmp_path: Path) -> N
     centre = image.affine @ np.array([7.5, 7.5, 7.5, 1.0])
     np.testing.assert_allclose(centre[:3], 0.0, atol=1e-9)  # cube centred on the origin
     assert nib.aff2axcodes(image.affine) == ("R", "A", "S")
-    model, _ = load_stage1(stage1)
+    model = STAGES["stage1_64"].load_trained(stage1)
     with torch.no_grad():
         unit = model(torch.from_numpy(source.xray)[None])[0, 0].clamp(0, 1).numpy()
     np.testing.assert_allclose(image.get_fdata(), unit * 2500.0 - 1024.0, atol=1e-3)

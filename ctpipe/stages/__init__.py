@@ -1,7 +1,8 @@
 """The training stages, by name. Stage names are used everywhere: configs, sbatch scripts, run folders, CSVs.
 
-Each stage module provides a :class:`Stage`: its config dataclass, how to build the trainer's task, and
-its final evaluation. The mapping is an explicit dict (no registry magic).
+Each stage module provides one :class:`Stage` (see :mod:`ctpipe.stages.base`): its config dataclass, the
+trainer's task, its trained model, how to load that model for inference and the models its final evaluation
+scores. The mapping is an explicit dict (no registry magic).
 """
 
 from __future__ import annotations

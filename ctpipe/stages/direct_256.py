@@ -17,29 +17,20 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ctpipe.checkpoint import read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY
 from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgressiveConfig
-from ctpipe.stages.base import Stage
-from ctpipe.stages.stage1_64 import load_best
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    XRayDataConfig,
-    check_shard_set,
-    evaluate_volume_models,
-    evaluation_splits,
-    field_size,
-    load_stage1,
-    load_xray_splits,
-    volume_metrics,
-    with_baselines,
-    xray_input,
-)
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import Predictor, Stage
+from ctpipe.stages.stage1_64 import STAGE1_64
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeTaskSteps,
+                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
+                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
 
+STAGE = "direct_256"
 DIRECT_MODEL = "direct_256"
 
 
@@ -93,21 +84,32 @@ def resolve_direct_network(model: DirectModelConfig, output_size: int,
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 
-class Direct256Task:
+def build_model(cfg: Direct256StageConfig, shape: Mapping[str, Any]) -> XRay2CTProgressive:
+    """The configured network for ``shape["output_size"]`` (the shard set's high-resolution grid)."""
+    return XRay2CTProgressive(resolve_direct_network(cfg.model, shape["output_size"], cfg.train.gradient_checkpointing))
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+    """The network of a ``direct_256`` checkpoint (X-rays ``(B, 2, n, n)`` -> its trained grid), frozen."""
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    model = build_model(run.typed_config(Direct256StageConfig), run.inference)
+    model.load_state_dict(run.models["model"])
+    return trained_volume_model(model, run, int(run.inference["output_size"]), device)
+
+
+class Direct256Task(VolumeTaskSteps):
     """Trainer task: ``xray`` -> XRay2CTProgressive -> {s/4, s/2, s}^3, multi-scale loss against ``data.high_field``."""
 
     def __init__(self, cfg: Direct256StageConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.schedules import build_optimizer
-
-        self.cfg = cfg
+        self.cfg, self.target_field = cfg, cfg.data.high_field
         self.high_size = field_size(cfg.data.root, cfg.data.high_field)
         self.network = resolve_direct_network(cfg.model, self.high_size, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.backbone.xray_size)
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
-        self.model = XRay2CTProgressive(self.network)
+        self.model = build_model(cfg, {"output_size": self.high_size})
         if cfg.init_from_stage1:
-            stage1, _ = load_stage1(cfg.init_from_stage1)
-            self.model.load_stage1_state_dict(stage1.state_dict())
+            self.model.load_stage1_state_dict(STAGE1_64.load_trained(cfg.init_from_stage1).model.state_dict())
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {"model": self.model}
         self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, len(self.model.heads))
@@ -116,39 +118,20 @@ class Direct256Task:
                             "optim": to_dict(cfg.optim), "init_from_stage1": cfg.init_from_stage1,
                             "output_size": self.high_size}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            outputs = stepper.module("model")(xray_input(batch))
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.high_field])
-        stepper.backward(loss, "model")
-        return terms
-
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model(xray_input(batch))[self.high_size].float()
 
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        return {"target": batch[self.cfg.data.high_field][0], "prediction": self.predict(batch)[0].float()}
 
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred, target = self.predict(batch), batch[self.cfg.data.high_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
+def model_targets(cfg: Direct256StageConfig, task: Direct256Task) -> dict[str, str]:
+    return {DIRECT_MODEL: cfg.data.high_field}
 
 
-def final_evaluation(cfg: Direct256StageConfig, task: Direct256Task, run_dir: Path, device: torch.device,
-                     env: DistEnv) -> None:
-    """``direct_256`` (best checkpoint) against the high-resolution targets."""
-    if not env.is_main:
-        return
-    load_best(task, run_dir, device)
-    predict_all, targets = with_baselines(lambda b: {DIRECT_MODEL: task.predict(b)}, {DIRECT_MODEL: cfg.data.high_field},
-                                          cfg.data, cfg.data.high_field, device)
-    for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(predict_all, targets,
-                               dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
-                               batch_size=cfg.data.eval_batch_size)
+def predictors(cfg: Direct256StageConfig, task: Direct256Task, device: torch.device) -> dict[str, Predictor]:
+    """``direct_256`` and the trivial baselines on the high-resolution grid."""
+    return with_baselines({DIRECT_MODEL: task.predict}, model_targets(cfg, task), cfg.data, cfg.data.high_field,
+                          device)[0]
 
 
-DIRECT_256 = Stage("direct_256", Direct256StageConfig, Direct256Task, final_evaluation, DIRECT_MODEL)
+DIRECT_256: Stage[Direct256StageConfig, Direct256Task] = Stage(
+    STAGE, Direct256StageConfig, Direct256Task, build_model, load_trained, predictors, DIRECT_MODEL,
+    xray_evaluation(model_targets, lambda cfg: cfg.data.high_field))

@@ -17,32 +17,25 @@ the whole learning curve plottable at once, which per-segment copies would not a
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
 
-from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.losses import CompositeLoss, LossWeights
 from ctpipe.models.learnable_fbp import LearnableFBP
 from ctpipe.models.postprocessing_unet import PostProcessingUNet, PostProcessingUNetConfig
-from ctpipe.stages.base import Stage, evaluate_predictors
-from ctpipe.stages.fbp_window import LEARNED_MODEL
-from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import OncePerBatch, Predictor, Stage, freeze
+from ctpipe.stages.fbp_window import LEARNED_MODEL, WindowModelConfig, build_window
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
+                                          shard_geometry)
 
-__all__ = [
-    "FBP_UNET",
-    "FBPUNetConfig",
-    "FBPUNetTask",
-    "FBPUNetModelConfig",
-    "build_unet_config",
-    "final_evaluation",
-    "load_window_checkpoint",
-]
-
+STAGE = "fbp_unet"
 UNET_MODEL = "fbp_unet"  # experiment 4's trained model in the eval tables
 UNET_PRESETS: dict[str, PostProcessingUNetConfig] = {
     "default": PostProcessingUNetConfig(),  # dival's LoDoPaB FBP+UNet: 5 scales (32, 32, 64, 64, 128), 4 skip channels
@@ -98,30 +91,43 @@ def load_window_checkpoint(path: str | Path, padding: bool | None = None) -> nn.
 
     ``padding``: this run's filter padding; it must match the one the window was learned with.
     """
-    from ctpipe.checkpoint import load_checkpoint
-    from ctpipe.config import from_dict
-    from ctpipe.stages.fbp_window import WindowModelConfig, build_window
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model.window_checkpoint={path} does not exist; train experiment 1 first "
                                 "(ctpipe train fbp_window --run-dir runs/fbp_window/<name>) and pass its "
                                 "checkpoints/best.pt, or leave model.window_checkpoint empty for Hann 0.641")
-    state = load_checkpoint(path)
-    models = state.get("models", {})
-    saved_cfg = json.loads(state.get("config") or "{}")
-    if "model" not in models or saved_cfg.get("stage") != "fbp_window":
+    run = read_run_checkpoint(path)
+    if "model" not in run.models or run.stage != "fbp_window":
         raise ValueError(f"model.window_checkpoint={path} is not an experiment-1 (fbp_window) checkpoint (its stage "
-                         f"is {saved_cfg.get('stage')!r}); pass runs/fbp_window/<name>/checkpoints/best.pt")
-    window_cfg = from_dict(WindowModelConfig, saved_cfg.get("model", {}), where=f"{path} config.model")
+                         f"is {run.stage!r}); pass runs/fbp_window/<name>/checkpoints/best.pt")
+    window_cfg = from_dict(WindowModelConfig, run.config.get("model", {}), where=f"{path} config.model")
     if padding is not None and window_cfg.padding != padding:
         raise ValueError(f"{path} learned its window with padding={window_cfg.padding}; set "
                          f"model.padding={str(window_cfg.padding).lower()} to use it")
     window = build_window(window_cfg)
     prefix = "window."
-    window_state = {k[len(prefix):]: v for k, v in models["model"].items() if k.startswith(prefix)}
-    window.load_state_dict(window_state)
+    window.load_state_dict({k[len(prefix):]: v for k, v in run.models["model"].items() if k.startswith(prefix)})
     return window
+
+
+def build_model(cfg: FBPUNetConfig, shape: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """``{"fbp": frozen FBP, "unet": UNet}`` for ``shape["geometry"]``; the window is Hann 0.641 or the one
+    learned in ``model.window_checkpoint``."""
+    fbp = (LearnableFBP(shape["geometry"], load_window_checkpoint(cfg.model.window_checkpoint, cfg.model.padding),
+                        padding=cfg.model.padding)
+           if cfg.model.window_checkpoint else LearnableFBP.hann_baseline(shape["geometry"], cfg.model.padding))
+    fbp.freeze_fbp()
+    return {"fbp": fbp, "unet": PostProcessingUNet(build_unet_config(cfg.model))}
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Sequential:
+    """FBP followed by the UNet of an ``fbp_unet`` checkpoint (geometry from its run's shard set), eval mode."""
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    modules = build_model(run.typed_config(FBPUNetConfig), {"geometry": shard_geometry(run.config["data"]["root"])})
+    for name, module in modules.items():
+        module.load_state_dict(run.models[name])
+    return freeze(nn.Sequential(modules["fbp"], modules["unet"]), device)  # type: ignore[return-value]
 
 
 def _check_loss_fits(loss: CompositeLoss, n_pixels: int) -> None:
@@ -146,20 +152,14 @@ class FBPUNetTask:
     """Trainer task: sinogram -> frozen FBP (no grad) -> UNet -> image; composite loss on the UNet output."""
 
     def __init__(self, cfg: FBPUNetConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.schedules import build_optimizer
-
         self.cfg = cfg
         # The loss first: missing VGG weights (perceptual > 0) fail here, before any data is read.
         self.loss_fn = CompositeLoss(cfg.loss).to(device)
         self.geometry = shard_geometry(cfg.data.root)
         _check_loss_fits(self.loss_fn, self.geometry.n_pixels)
         self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
-        self.fbp = (LearnableFBP(self.geometry, load_window_checkpoint(cfg.model.window_checkpoint, cfg.model.padding),
-                                 padding=cfg.model.padding)
-                    if cfg.model.window_checkpoint else LearnableFBP.hann_baseline(self.geometry, cfg.model.padding))
-        self.fbp.freeze_fbp()
-        self.unet = PostProcessingUNet(build_unet_config(cfg.model))
-        self.modules: dict[str, nn.Module] = {"fbp": self.fbp, "unet": self.unet}
+        self.modules = build_model(cfg, {"geometry": self.geometry})
+        self.fbp, self.unet = self.modules["fbp"], self.modules["unet"]
         self.optimizers = {"unet": build_optimizer(self.unet.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "loss": to_dict(cfg.loss), "optim": to_dict(cfg.optim),
                             "geometry": repr(self.geometry)}
@@ -200,53 +200,19 @@ class FBPUNetTask:
 
 
 # ---- final evaluation -------------------------------------------------------------------------------------------
-class _SameBatchCache:
-    """Computes ``fn(batch)`` once per batch object (the predictors of one batch share the FBP image)."""
-
-    def __init__(self, fn: Callable[[Mapping[str, Any]], torch.Tensor]) -> None:
-        self.fn = fn
-        self._batch: Mapping[str, Any] | None = None
-        self._value: torch.Tensor | None = None
-
-    def __call__(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        if self._batch is not batch or self._value is None:
-            self._batch, self._value = batch, self.fn(batch)
-        return self._value
-
-
-def _predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> dict[str, Callable[..., torch.Tensor]]:
-    fbp_image = _SameBatchCache(lambda b: task.fbp_image(b["sinogram"]))
-    predictors: dict[str, Callable[..., torch.Tensor]] = {}
+def predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> dict[str, Predictor]:
+    """FBP-Hann, the learned window (when given) and FBP+UNet; the predictors of a batch share its FBP image."""
+    fbp_image = OncePerBatch(lambda b: task.fbp_image(b["sinogram"]))
+    out: dict[str, Predictor] = {}
     if cfg.model.window_checkpoint:
         baseline = LearnableFBP.hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
-        predictors["fbp_hann"] = lambda b: baseline(b["sinogram"])
-        predictors[LEARNED_MODEL] = fbp_image
+        out[HANN_MODEL] = lambda b: baseline(b["sinogram"])
+        out[LEARNED_MODEL] = fbp_image
     else:
-        predictors["fbp_hann"] = fbp_image  # the frozen FBP is exactly the Hann-0.641 baseline
-    predictors[UNET_MODEL] = lambda b: task.unet(fbp_image(b)).float()
-    return predictors
+        out[HANN_MODEL] = fbp_image  # the frozen FBP is exactly the Hann-0.641 baseline
+    out[UNET_MODEL] = lambda b: task.unet(fbp_image(b)).float()
+    return out
 
 
-def final_evaluation(cfg: FBPUNetConfig, task: FBPUNetTask, run_dir: Path, device: torch.device,
-                     env: DistEnv) -> None:
-    """Score FBP-Hann, the learned window (when given) and FBP+UNet (best checkpoint) on validation and test."""
-    if not env.is_main:
-        return
-    from ctpipe.checkpoint import BEST, load_checkpoint
-
-    best = run_dir / "checkpoints" / BEST
-    if best.exists():
-        models = load_checkpoint(best)["models"]
-        for name, module in task.modules.items():
-            module.load_state_dict(models[name])
-    for module in task.modules.values():
-        module.to(device).eval()
-    predictors = _predictors(cfg, task, device)
-    for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        evaluate_predictors(predictors, dataset, "image", lodopab_metrics, run_dir / "eval" / split, device,
-                            batch_size=cfg.data.eval_batch_size)
-
-
-FBP_UNET = Stage("fbp_unet", FBPUNetConfig, FBPUNetTask, final_evaluation, UNET_MODEL)
+FBP_UNET: Stage[FBPUNetConfig, FBPUNetTask] = Stage(
+    STAGE, FBPUNetConfig, FBPUNetTask, build_model, load_trained, predictors, UNET_MODEL, LODOPAB_EVALUATION)

@@ -9,14 +9,18 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
+from ctpipe.checkpoint import read_run_checkpoint
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.models.learnable_fbp import LearnableFBP
-from ctpipe.ops.filters import LODOPAB_HANN_SCALING
-from ctpipe.stages.base import Stage, evaluate_predictors
-from ctpipe.stages.lodopab_common import load_lodopab_splits, lodopab_metrics, shard_geometry
+from ctpipe.ops.filters import LODOPAB_HANN_SCALING, FixedWindow, WindowII
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import Predictor, Stage, freeze
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
+                                          shard_geometry)
 
 LEARNED_MODEL = "learned_window"  # experiment 1's trained model in the eval tables
+STAGE = "fbp_window"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,23 +44,34 @@ class FBPWindowConfig:
 
 
 def build_window(cfg: WindowModelConfig) -> nn.Module:
-    from ctpipe.ops.filters import FixedWindow, WindowII
-
     if cfg.window == "learnable":
         return WindowII(n_terms=cfg.n_terms, frequency_scaling=cfg.frequency_scaling)
     return FixedWindow(cfg.fixed_window, cfg.frequency_scaling)
+
+
+def build_model(cfg: FBPWindowConfig, shape: Mapping[str, Any]) -> LearnableFBP:
+    """The FBP with the configured window for ``shape["geometry"]`` (the shard set's ParallelBeamGeometry)."""
+    return LearnableFBP(shape["geometry"], build_window(cfg.model), padding=cfg.model.padding)
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> LearnableFBP:
+    """The learned FBP of an ``fbp_window`` checkpoint (geometry from its run's shard set), eval mode."""
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    cfg = run.typed_config(FBPWindowConfig)
+    model = build_model(cfg, {"geometry": shard_geometry(cfg.data.root)})
+    model.load_state_dict(run.models["model"])
+    return freeze(model, device)  # type: ignore[return-value]
 
 
 class FBPWindowTask:
     """Trainer task: sinogram -> LearnableFBP -> image, MSE against the ground truth."""
 
     def __init__(self, cfg: FBPWindowConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.schedules import build_optimizer
-
         self.cfg = cfg
         self.geometry = shard_geometry(cfg.data.root)
         self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
-        self.model = LearnableFBP(self.geometry, build_window(cfg.model), padding=cfg.model.padding)
+        self.model = build_model(cfg, {"geometry": self.geometry})
         self.modules = {"model": self.model}
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "geometry": repr(self.geometry)}
@@ -79,24 +94,11 @@ class FBPWindowTask:
         return {"loss": per_sample_mse, **lodopab_metrics(pred, target)}
 
 
-def final_evaluation(cfg: FBPWindowConfig, task: FBPWindowTask, run_dir: Path, device: torch.device,
-                     env: DistEnv) -> None:
-    """Score the FBP-Hann-0.641 baseline and the learned window (best checkpoint) on validation and test."""
-    if not env.is_main:
-        return
-    from ctpipe.checkpoint import BEST, load_checkpoint
-
-    best = run_dir / "checkpoints" / BEST
-    if best.exists():
-        task.model.load_state_dict(load_checkpoint(best)["models"]["model"])
-    baseline = LearnableFBP.hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
-    learned = task.model.to(device).eval()
-    predictors = {"fbp_hann": lambda b: baseline(b["sinogram"]), LEARNED_MODEL: lambda b: learned(b["sinogram"])}
-    for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        evaluate_predictors(predictors, dataset, "image", lodopab_metrics, run_dir / "eval" / split, device,
-                            batch_size=cfg.data.eval_batch_size)
+def predictors(cfg: FBPWindowConfig, task: FBPWindowTask, device: torch.device) -> dict[str, Predictor]:
+    """The FBP-Hann-0.641 baseline and the learned window."""
+    baseline = LearnableFBP.hann_baseline(task.geometry, padding=cfg.model.padding).to(device).eval()
+    return {HANN_MODEL: lambda b: baseline(b["sinogram"]), LEARNED_MODEL: lambda b: task.model(b["sinogram"])}
 
 
-FBP_WINDOW = Stage("fbp_window", FBPWindowConfig, FBPWindowTask, final_evaluation, LEARNED_MODEL)
+FBP_WINDOW: Stage[FBPWindowConfig, FBPWindowTask] = Stage(
+    STAGE, FBPWindowConfig, FBPWindowTask, build_model, load_trained, predictors, LEARNED_MODEL, LODOPAB_EVALUATION)

@@ -8,17 +8,19 @@ from typing import Any
 import torch
 
 from ctpipe.config import DataConfig
+from ctpipe.data.datasets import ShardDataset
+from ctpipe.data.shards import read_manifest
+from ctpipe.metrics import mae, metric_column, psnr, ssim
+from ctpipe.ops.geometry import ParallelBeamGeometry
+from ctpipe.stages.base import Evaluation, MetricFn
 
 LODOPAB_FIELDS = ("sinogram", "image")
+HANN_MODEL = "fbp_hann"  # the published LoDoPaB baseline (Hann window, frequency scaling 0.641) in eval tables
 
 
-def shard_geometry(root: str | Path) -> Any:
+def shard_geometry(root: str | Path) -> ParallelBeamGeometry:
     """The ParallelBeamGeometry recorded in a shard set's manifest."""
-    from ctpipe.data.shards import read_manifest
-    from ctpipe.ops.geometry import ParallelBeamGeometry
-
-    manifest = read_manifest(root)
-    geometry = manifest.geometry
+    geometry = read_manifest(root).geometry
     if not geometry:
         raise ValueError(f"shard set {root} records no geometry in its manifest; re-run `ctpipe prep lodopab`")
     return ParallelBeamGeometry.from_dict(geometry)
@@ -26,10 +28,8 @@ def shard_geometry(root: str | Path) -> Any:
 
 def load_lodopab_splits(cfg: DataConfig) -> tuple[Any, Any, Any]:
     """Train / validation / test ShardDatasets (validation and test may be None when the split is empty)."""
-    from ctpipe.data.datasets import ShardDataset
-    from ctpipe.data.shards import read_manifest
-
     splits = read_manifest(cfg.root).splits
+
     def load(split: str) -> Any:
         return ShardDataset(cfg.root, split, LODOPAB_FIELDS) if splits.get(split) else None
 
@@ -41,8 +41,6 @@ def load_lodopab_splits(cfg: DataConfig) -> tuple[Any, Any, Any]:
 
 def lodopab_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-sample metrics with the data range in every name: fixed range 1 and LoDoPaB's per-image range."""
-    from ctpipe.metrics import mae, metric_column, psnr, ssim
-
     return {
         metric_column("psnr", 1.0): psnr(pred, target, data_range=1.0),
         metric_column("psnr", "per_image"): psnr(pred, target, data_range="per_image"),
@@ -50,3 +48,15 @@ def lodopab_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch
         metric_column("ssim", "per_image"): ssim(pred, target, data_range="per_image"),
         "mae": mae(pred, target),
     }
+
+
+def _image_target(cfg: Any, task: Any, model: str) -> str:
+    return "image"
+
+
+def _lodopab_metric(cfg: Any) -> MetricFn:
+    return lodopab_metrics
+
+
+# Every LoDoPaB model is scored per image against the ground-truth image with the same metric columns.
+LODOPAB_EVALUATION: Evaluation[Any, Any] = Evaluation(target=_image_target, metric=_lodopab_metric)

@@ -19,7 +19,7 @@ Validation (per slice): ``loss`` = mean |G(a) - b| on the [-1, 1] scale, PSNR / 
 
 Final evaluation (per VOLUME): every validation/test volume is rebuilt from its shard slices (the manifest
 records each volume's provenance), mapped back to HU and scored with
-:func:`ctpipe.infer_pix2pix.evaluate_volume` for the model (``pix2pix``) and the ``identity`` baseline (the
+:func:`ctpipe.volume_scores.evaluate_volume` for the model (``pix2pix``) and the ``identity`` baseline (the
 input used as the prediction): ``eval/<split>/{pix2pix,identity}.csv``, one row per volume, on the prep's
 slice grid (the resized grid when the prep resized slices).
 """
@@ -27,30 +27,28 @@ slice grid (the resized grid when the prep resized slices).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
+from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv
-from ctpipe.intensity import symmetric_unit_to_hu
-from ctpipe.models.pix2pix import GENERATORS, UNetGenerator, UNetGeneratorConfig
-from ctpipe.progress import track
-from ctpipe.stages.base import Stage, write_eval_tables, write_examples
+from ctpipe.metrics import metric_column, psnr, ssim
+from ctpipe.losses.gan import discriminator_loss, generator_loss
+from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
+from ctpipe.models.pix2pix import GENERATORS, UNetGeneratorConfig, UNetGenerator
+from ctpipe.schedule_checks import linear_decay_problem
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import Evaluation, Predictor, Stage
+from ctpipe.stages.phases_common import (MODEL_NAME, SLICE_RANGE, PrepInfo, load_phase_splits,
+                                         phase_predictors, read_prep_info, score_volumes, slice_side)
 
 STAGE = "pix2pix_phase"
-MODEL_NAME = "pix2pix"
-BASELINE_NAME = "identity"
 log = logging.getLogger(__name__)
-SLICE_RANGE = (-1.0, 1.0)  # the prep's intensity scale (Tanh range)
-N_EXAMPLES = 4
 
 
 # ---- configuration ----------------------------------------------------------------------------------
@@ -101,8 +99,6 @@ class Pix2PixPhaseConfig:
     train: TrainConfig = TrainConfig(epochs=200, early_stopping_patience=None, checkpoint_every=5)
 
     def __post_init__(self) -> None:
-        from ctpipe.schedule_checks import linear_decay_problem
-
         problem = linear_decay_problem(self.scheduler.n_epochs_constant, self.train.epochs)
         if self.scheduler.name == "linear_decay" and problem:
             raise ConfigError(f"{STAGE} config: {problem}")
@@ -163,8 +159,6 @@ def build_generator(cfg: Pix2PixModelConfig, side: Sequence[int], where: str = "
 
 
 def build_discriminator(cfg: Pix2PixModelConfig) -> nn.Module:
-    from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
-
     return PatchGANDiscriminator(PatchGANConfig(in_channels=2, ndf=cfg.ndf, n_layers=cfg.n_layers_d,
                                                 norm=cfg.norm_d or cfg.norm))
 
@@ -184,80 +178,24 @@ def sync_batch_norm(module: nn.Module, env: DistEnv, device: torch.device) -> nn
     return module
 
 
-# ---- data ---------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PrepInfo:
-    """What inference must repeat: the HU window mapped onto [-1, 1] and the slice side (None = native)."""
-
-    window: tuple[float, float]
-    size: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"window_hu": list(self.window), "size": self.size}
-
-
-def read_prep_info(root: str | Path) -> PrepInfo:
-    from ctpipe.data.nifti_pairs import prep_settings
-    from ctpipe.data.shards import read_manifest
-
-    try:
-        manifest = read_manifest(root)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no shard set at {root} (manifest.json missing): run `ctpipe prep nifti-pairs` "
-                                "or set data.root") from None
-    window, size = prep_settings(manifest.attrs)
-    return PrepInfo(window, size)
-
-
-def load_phase_splits(cfg: PhaseDataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    """Train / validation / test slice datasets (validation and test are None when their split is empty)."""
-    from ctpipe.data.datasets import ShardDataset
-    from ctpipe.data.shards import read_manifest
-
-    splits = read_manifest(cfg.root).splits
-    fields = (cfg.input_field, cfg.target_field)
-
-    def load(split: str) -> Dataset | None:
-        return ShardDataset(cfg.root, split, fields) if splits.get(split) else None
-
-    train = load(cfg.train_split)
-    if train is None:
-        raise ValueError(f"shard set {cfg.root} has no patients in split {cfg.train_split!r}; splits: "
-                         f"{ {k: len(v) for k, v in splits.items()} }")
-    return train, load(cfg.val_split), load(cfg.test_split)
-
-
-def _slice_side(root: str | Path, field: str) -> tuple[int, ...]:
-    from ctpipe.data.shards import read_manifest
-
-    fields = read_manifest(root).fields
-    if field not in fields:
-        raise KeyError(f"shard set {root} has no field {field!r}; it has {sorted(fields)}")
-    return tuple(fields[field].shape)
-
-
-
-
 # ---- the trainer's task ------------------------------------------------------------------------------------
 class Pix2PixPhaseTask:
     """Modules {"G", "D"}, optimizers {"G", "D"}; D step then G step per batch."""
 
     def __init__(self, cfg: Pix2PixPhaseConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.schedules import build_optimizer
-
         self.cfg = cfg
         self.prep = read_prep_info(cfg.data.root)
-        side = _slice_side(cfg.data.root, cfg.data.input_field)
+        side = slice_side(cfg.data.root, cfg.data.input_field)
         if len(side) != 2:
             raise ConfigError(f"{STAGE}: field {cfg.data.input_field!r} in {cfg.data.root} has shape {side}, "
                               "expected 2D slices; re-run `ctpipe prep nifti-pairs`")
-        g = generator_config(cfg.model, side, str(cfg.data.root))
-        log.info("%s: U-Net num_downs=%d for %s slices (%s)", STAGE, g.num_downs, "x".join(map(str, side)),
-                 "model.num_downs" if cfg.model.num_downs is not None else
-                 f"the deepest that fits, at most {cfg.model.generator}'s {GENERATORS[cfg.model.generator].num_downs}")
         self.train_set, self.val_set, self.test_set = load_phase_splits(cfg.data)
-        self.G = sync_batch_norm(UNetGenerator(g), env, device)
-        self.D = sync_batch_norm(build_discriminator(cfg.model), env, device)
+        built = build_model(cfg, {"slice_shape": side, "where": str(cfg.data.root)})
+        log.info("%s: U-Net num_downs=%d for %s slices (%s)", STAGE, built["G"].config.num_downs,
+                 "x".join(map(str, side)), "model.num_downs" if cfg.model.num_downs is not None else
+                 f"the deepest that fits, at most {cfg.model.generator}'s {GENERATORS[cfg.model.generator].num_downs}")
+        self.G = sync_batch_norm(built["G"], env, device)
+        self.D = sync_batch_norm(built["D"], env, device)
         self.modules: dict[str, nn.Module] = {"G": self.G, "D": self.D}
         self.optimizers = {"G": build_optimizer(self.G.parameters(), cfg.optim),
                            "D": build_optimizer(self.D.parameters(), cfg.optim_discriminator)}
@@ -266,8 +204,6 @@ class Pix2PixPhaseTask:
                             "prep": self.prep.to_dict()}
 
     def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        from ctpipe.losses.gan import discriminator_loss, generator_loss
-
         a, b = batch[self.cfg.data.input_field], batch[self.cfg.data.target_field]
         mode = self.cfg.loss.gan_mode
         with stepper.autocast():
@@ -292,125 +228,17 @@ class Pix2PixPhaseTask:
 
 def slice_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-slice values on the [-1, 1] scale: ``loss`` (= L1), PSNR and SSIM with range (-1, 1)."""
-    from ctpipe.metrics import metric_column, psnr, ssim
-
     l1 = (pred - target).abs().flatten(1).mean(1)
     return {"loss": l1, metric_column("psnr", SLICE_RANGE): psnr(pred, target, SLICE_RANGE),
             metric_column("ssim", SLICE_RANGE): ssim(pred, target, SLICE_RANGE)}
 
 
-# ---- final evaluation: whole volumes -------------------------------------------------------------------------
-@dataclasses.dataclass
-class VolumeSlices:
-    """One volume's axial slices on the [-1, 1] scale, ``(D, H, W)`` each, in slice order."""
-
-    patient_id: str
-    input: np.ndarray
-    target: np.ndarray
-    prediction: np.ndarray
+# ---- final evaluation: whole volumes (ctpipe.stages.phases_common) ------------------------------------------
+def predictors(cfg: Pix2PixPhaseConfig, task: Pix2PixPhaseTask, device: torch.device) -> dict[str, Predictor]:
+    return phase_predictors(task.G, cfg.data)
 
 
-@torch.no_grad()
-def predict_volumes(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, device: torch.device,
-                    expected_slices: Mapping[str, int] | None = None, label: str = "volumes"
-                    ) -> Iterator[VolumeSlices]:
-    """Run ``generator`` over ``dataset`` and yield one :class:`VolumeSlices` per patient, one at a time.
-
-    Relies on the shard-set order (manifest shard order, then row order; a nifti_pairs shard is one volume
-    with its slices in order), so a volume's slices are contiguous; a patient that reappears raises.
-    ``expected_slices`` (from the manifest's provenance) is checked against what was read.
-    """
-    from ctpipe.train import collate
-
-    loader = DataLoader(dataset, batch_size=data.eval_batch_size, shuffle=False, collate_fn=collate)
-    done: set[str] = set()
-    current: str | None = None
-    parts: dict[str, list[np.ndarray]] = {"input": [], "target": [], "prediction": []}
-
-    def flush() -> VolumeSlices:
-        assert current is not None
-        arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        want = (expected_slices or {}).get(current)
-        if want is not None and arrays["input"].shape[0] != want:
-            raise ValueError(f"volume {current!r}: {arrays['input'].shape[0]} slices in the shards, the manifest "
-                             f"records {want}; re-run the prep")
-        done.add(current)
-        return VolumeSlices(current, arrays["input"], arrays["target"], arrays["prediction"])
-
-    for batch in track(loader, f"final evaluation ({label})", "batches"):
-        a = batch[data.input_field].to(device)
-        pred = generator(a).float().clamp(*SLICE_RANGE)
-        columns = {"input": a[:, 0].float().cpu().numpy(), "target": batch[data.target_field][:, 0].numpy(),
-                   "prediction": pred[:, 0].cpu().numpy()}
-        for i, patient in enumerate(batch["patient_id"]):
-            if patient != current:
-                if current is not None:
-                    yield flush()
-                    parts = {k: [] for k in parts}
-                if patient in done:
-                    raise ValueError(f"the slices of volume {patient!r} are not contiguous in the shard set")
-                current = patient
-            for key, values in columns.items():
-                parts[key].append(values[i:i + 1])
-    if current is not None:
-        yield flush()
-
-
-def volume_rows(volume: VolumeSlices, window: tuple[float, float]) -> dict[str, dict[str, Any]]:
-    """``{model: row}`` for the model and the identity baseline: PSNR/SSIM/MAE in HU and normalised."""
-    from ctpipe.infer_pix2pix import evaluate_volume
-
-    target = symmetric_unit_to_hu(volume.target.astype(np.float64), window)
-    ident = {"sample_id": volume.patient_id, "patient_id": volume.patient_id,
-             "grid": "x".join(str(s) for s in volume.target.shape)}
-    rows = {}
-    for model, unit in ((MODEL_NAME, volume.prediction), (BASELINE_NAME, volume.input)):
-        pred = symmetric_unit_to_hu(unit.astype(np.float64), window)
-        rows[model] = {**ident, **evaluate_volume(pred, target, window)}
-    return rows
-
-
-def evaluate_split(generator: nn.Module, dataset: Dataset, data: PhaseDataConfig, prep: PrepInfo, out_dir: Path,
-                   device: torch.device, expected_slices: Mapping[str, int] | None = None) -> dict[str, pd.DataFrame]:
-    """Write ``out_dir/{pix2pix,identity}.csv`` (one row per volume) and ``examples.npz`` (middle slices, HU)."""
-    rows: dict[str, list[dict[str, Any]]] = {MODEL_NAME: [], BASELINE_NAME: []}
-    examples: dict[str, list[np.ndarray]] = {"target": [], MODEL_NAME: [], BASELINE_NAME: []}
-    for volume in predict_volumes(generator, dataset, data, device, expected_slices, out_dir.name):
-        for model, row in volume_rows(volume, prep.window).items():
-            rows[model].append(row)
-        if len(examples["target"]) < N_EXAMPLES:
-            middle = volume.target.shape[0] // 2
-            for key, unit in (("target", volume.target), (MODEL_NAME, volume.prediction),
-                              (BASELINE_NAME, volume.input)):
-                examples[key].append(symmetric_unit_to_hu(unit[middle].astype(np.float32), prep.window))
-    frames = write_eval_tables(rows, out_dir)
-    write_examples(examples, out_dir)
-    return frames
-
-
-def _expected_slices(root: str | Path) -> dict[str, int]:
-    from ctpipe.data.shards import read_manifest
-
-    volumes = read_manifest(root).attrs.get("volumes", {})
-    return {pid: len(v["slice_indices"]) for pid, v in volumes.items()}
-
-
-def final_evaluation(cfg: Pix2PixPhaseConfig, task: Pix2PixPhaseTask, run_dir: Path, device: torch.device,
-                     env: DistEnv) -> None:
-    """Per-volume scores of the best generator and the identity baseline on validation and test (rank 0)."""
-    if not env.is_main:
-        return
-    from ctpipe.checkpoint import BEST, load_checkpoint
-
-    best = run_dir / "checkpoints" / BEST
-    if best.exists():
-        task.G.load_state_dict(load_checkpoint(best)["models"]["G"])
-    generator = task.G.to(device).eval()
-    expected = _expected_slices(cfg.data.root)
-    for split, dataset in (("validation", task.val_set), ("test", task.test_set)):
-        if dataset is None or len(dataset) == 0:
-            continue
-        evaluate_split(generator, dataset, cfg.data, task.prep, run_dir / "eval" / split, device, expected)
+PHASE_EVALUATION: Evaluation[Pix2PixPhaseConfig, Pix2PixPhaseTask] = Evaluation(score_split=score_volumes)
 
 
 # ---- inference: a trained run -> generator + prep settings ------------------------------------------------------
@@ -422,43 +250,33 @@ class TrainedGenerator:
     checkpoint: Path
 
 
-def _run_config(state: Mapping[str, Any], checkpoint: Path) -> Pix2PixPhaseConfig:
-    """The config stored in the checkpoint, else ``config.json`` of the run folder (``RUN/checkpoints/x.pt``)."""
-    text = state.get("config") or ""
-    data = json.loads(text) if text else {}
-    if not data:
-        path = checkpoint.resolve().parent.parent / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{checkpoint} carries no config and {path} does not exist; pass a checkpoint "
-                                    "from a ctpipe pix2pix_phase run folder")
-        data = json.loads(path.read_text())
-    if data.get("stage") != STAGE:
-        raise ValueError(f"{checkpoint} was written by stage {data.get('stage')!r}, not {STAGE!r}")
-    return from_dict(Pix2PixPhaseConfig, data, f"{checkpoint} config")
-
-
-def _run_prep(state: Mapping[str, Any], cfg: Pix2PixPhaseConfig, data_root: str | Path | None,
-              checkpoint: Path) -> PrepInfo:
+def _run_prep(run: RunCheckpoint, cfg: Pix2PixPhaseConfig, data_root: str | Path | None) -> PrepInfo:
     if data_root is not None:
         return read_prep_info(data_root)
-    prep = json.loads(state.get("fingerprint") or "{}").get("prep")
+    prep = run.inference.get("prep")
     if prep:
         return PrepInfo((float(prep["window_hu"][0]), float(prep["window_hu"][1])), prep["size"])
     try:
         return read_prep_info(cfg.data.root)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{checkpoint} records no prep settings and its shard set {cfg.data.root} is gone; "
+        raise FileNotFoundError(f"{run.path} records no prep settings and its shard set {cfg.data.root} is gone; "
                                 "pass --data-root with the shard set it was trained on") from None
 
 
-def _trained_side(state: Mapping[str, Any], prep: PrepInfo, cfg: Pix2PixPhaseConfig) -> tuple[int, ...]:
+def _trained_side(run: RunCheckpoint, prep: PrepInfo, cfg: Pix2PixPhaseConfig) -> tuple[int, ...]:
     """The slice shape the generator was trained on: recorded in the checkpoint, else the prep's size."""
-    recorded = json.loads(state.get("fingerprint") or "{}").get("slice_shape")
+    recorded = run.inference.get("slice_shape")
     if recorded:
         return tuple(int(s) for s in recorded)
     if prep.size is not None:
         return (prep.size, prep.size)
-    return _slice_side(cfg.data.root, cfg.data.input_field)
+    return slice_side(cfg.data.root, cfg.data.input_field)
+
+
+def build_model(cfg: Pix2PixPhaseConfig, shape: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """``{"G": U-Net generator, "D": PatchGAN}`` for slices of ``shape["slice_shape"]``."""
+    where = str(shape.get("where", "the shard set"))
+    return {"G": build_generator(cfg.model, shape["slice_shape"], where), "D": build_discriminator(cfg.model)}
 
 
 def load_trained_generator(checkpoint: str | Path, device: torch.device | str = "cpu",
@@ -468,16 +286,15 @@ def load_trained_generator(checkpoint: str | Path, device: torch.device | str = 
     The prep's HU window and slice size come from ``data_root``'s manifest when given, else from the
     checkpoint (recorded at training time), else from the run's shard set (``data.root``).
     """
-    from ctpipe.checkpoint import load_checkpoint
-
-    checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    cfg = _run_config(state, checkpoint)
-    prep = _run_prep(state, cfg, data_root, checkpoint)
-    generator = build_generator(cfg.model, _trained_side(state, prep, cfg), str(checkpoint))
-    generator.load_state_dict(state["models"]["G"])
-    generator.to(device).eval()
-    return TrainedGenerator(generator, prep, cfg, checkpoint)
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    cfg = run.typed_config(Pix2PixPhaseConfig)
+    prep = _run_prep(run, cfg, data_root)
+    generator = build_generator(cfg.model, _trained_side(run, prep, cfg), str(checkpoint))
+    generator.load_state_dict(run.models["G"])
+    return TrainedGenerator(generator.to(device).eval(), prep, cfg, Path(checkpoint))
 
 
-PIX2PIX_PHASE = Stage(STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, final_evaluation, MODEL_NAME)
+PIX2PIX_PHASE: Stage[Pix2PixPhaseConfig, Pix2PixPhaseTask] = Stage(
+    STAGE, Pix2PixPhaseConfig, Pix2PixPhaseTask, build_model, load_trained_generator, predictors, MODEL_NAME,
+    PHASE_EVALUATION)

@@ -24,29 +24,21 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ctpipe.checkpoint import read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.shards import sha256_file
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, ResidualUpsampler3D, ResidualUpsampler3DConfig,
                                                 trilinear_baseline)
-from ctpipe.stages.base import Stage
-from ctpipe.stages.stage1_64 import TRILINEAR_MODEL, load_best
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    XRayDataConfig,
-    check_shard_set,
-    evaluate_volume_models,
-    evaluation_splits,
-    field_size,
-    load_stage1,
-    load_xray_splits,
-    volume_metrics,
-    with_baselines,
-    xray_input,
-)
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import OncePerBatch, Predictor, Stage
+from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeTaskSteps,
+                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
+                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
 
+STAGE = "refine_256"
 REFINE_MODEL = "refine_256"
 REFINE_PRESETS: dict[str, ResidualUpsampler3DConfig] = {"default": ResidualUpsampler3DConfig(),
                                                         "tiny": RESIDUAL_UPSAMPLER3D_TINY}
@@ -102,18 +94,36 @@ def supervised(outputs: Mapping[int, torch.Tensor], high_size: int) -> dict[int,
     return {size: out for size, out in outputs.items() if size <= high_size}
 
 
-class Refine256Task:
+def build_model(cfg: Refine256StageConfig, shape: Mapping[str, Any]) -> ResidualUpsampler3D:
+    """ResidualUpsampler3D from ``shape["input_size"]`` (the stage-1 grid) to ``shape["output_size"]`` (4x, or 2x with the
+    finest branch frozen)."""
+    model = ResidualUpsampler3D(resolve_refine_network(cfg.model, shape["input_size"], cfg.train.gradient_checkpointing))
+    if shape["output_size"] == 2 * shape["input_size"]:
+        freeze_finest_branch(model)
+    return model
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+    """The refiner of a ``refine_256`` checkpoint: stage-1 volume ``(B, 1, s, s, s)`` -> the trained grid."""
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    shape = {"input_size": int(run.fingerprint["network"]["input_size"]), **run.inference}
+    model = build_model(run.typed_config(Refine256StageConfig), shape)
+    model.load_state_dict(run.models[Refine256Task.module_name])
+    return trained_volume_model(model, run, int(shape["output_size"]), device)
+
+
+class Refine256Task(VolumeTaskSteps):
     """Trainer task: frozen stage 1 (xray -> 64^3) -> ResidualUpsampler3D -> {64, 128, 256}^3, multi-scale loss."""
 
-    def __init__(self, cfg: Refine256StageConfig, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.data.shards import sha256_file
-        from ctpipe.schedules import build_optimizer
+    module_name = "refine"
 
-        self.cfg = cfg
+    def __init__(self, cfg: Refine256StageConfig, env: DistEnv, device: torch.device) -> None:
+        self.cfg, self.target_field = cfg, cfg.data.high_field
         if not Path(cfg.stage1_checkpoint).is_file():
             raise FileNotFoundError(f"stage1_checkpoint={cfg.stage1_checkpoint} does not exist; train stage1_64 first "
                                     "and pass its run's checkpoints/best.pt")
-        self.stage1, stage1_cfg = load_stage1(cfg.stage1_checkpoint, device)
+        self.stage1 = STAGE1_64.load_trained(cfg.stage1_checkpoint, device).model  # frozen, eval mode
         low = self.stage1.config.volume_size
         check_shard_set(cfg.data, self.stage1.config.xray_size)
         self.high_size = field_size(cfg.data.root, cfg.data.high_field)
@@ -123,14 +133,12 @@ class Refine256Task:
                               f"--volume-size {4 * low}")
         self.network = resolve_refine_network(cfg.model, low, cfg.train.gradient_checkpointing)
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
-        self.model = ResidualUpsampler3D(self.network)
-        if self.high_size == 2 * low:
-            freeze_finest_branch(self.model)
+        self.model = build_model(cfg, {"input_size": low, "output_size": self.high_size})
         self.loss = VolumeLoss(cfg.loss).to(device)
-        self.modules = {"refine": self.model}
+        self.modules = {self.module_name: self.model}
         n_supervised = 3 if self.high_size == 4 * low else 2  # the 4x branch is frozen for a 2x target
         self.ddp_find_unused_parameters = ddp_find_unused(cfg.loss.scale_weights, n_supervised)
-        self.optimizers = {"refine": build_optimizer(self.model.parameters(), cfg.optim)}
+        self.optimizers = {self.module_name: build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim), "stage1_sha256": sha256_file(cfg.stage1_checkpoint),
                             "output_size": self.high_size}
@@ -140,44 +148,28 @@ class Refine256Task:
         """The frozen stage-1 prediction, float32, clamped to [0, 1]."""
         return self.stage1(xray_input(batch)).float().clamp(0.0, 1.0)
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            low = self.stage1_volume(batch)
-            outputs = supervised(stepper.module("refine")(low), self.high_size)
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.high_field])
-        stepper.backward(loss, "refine")
-        return terms
+    def net_input(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.stage1_volume(batch)
 
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        pred = self.model(self.stage1_volume(batch))[self.high_size]
-        return {"target": batch[self.cfg.data.high_field][0], "prediction": pred[0].float()}
+    def supervised(self, outputs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        return supervised(outputs, self.high_size)
 
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred = self.model(self.stage1_volume(batch))[self.high_size].float()
-        target = batch[self.cfg.data.high_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
+    def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.model(self.stage1_volume(batch))[self.high_size].float()
 
 
-def final_evaluation(cfg: Refine256StageConfig, task: Refine256Task, run_dir: Path, device: torch.device,
-                     env: DistEnv) -> None:
-    """``stage1_64_trilinear`` and ``refine_256`` (best checkpoint) against the high-resolution targets."""
-    if not env.is_main:
-        return
-    load_best(task, run_dir, device)
-    task.stage1.to(device)
-
-    def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        low = task.stage1_volume(batch)
-        return {TRILINEAR_MODEL: trilinear_baseline(low, task.high_size), REFINE_MODEL: task.model(low)[task.high_size]}
-
-    targets = {TRILINEAR_MODEL: cfg.data.high_field, REFINE_MODEL: cfg.data.high_field}
-    predict_all, all_targets = with_baselines(predict, targets, cfg.data, cfg.data.high_field, device)
-    for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(predict_all, all_targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
-                               batch_size=cfg.data.eval_batch_size)
+def model_targets(cfg: Refine256StageConfig, task: Refine256Task) -> dict[str, str]:
+    return {TRILINEAR_MODEL: cfg.data.high_field, REFINE_MODEL: cfg.data.high_field}
 
 
-REFINE_256 = Stage("refine_256", Refine256StageConfig, Refine256Task, final_evaluation, REFINE_MODEL)
+def predictors(cfg: Refine256StageConfig, task: Refine256Task, device: torch.device) -> dict[str, Predictor]:
+    """``stage1_64_trilinear`` and ``refine_256`` from one stage-1 forward pass per batch, and the baselines."""
+    low = OncePerBatch(task.stage1_volume)
+    models: dict[str, Predictor] = {TRILINEAR_MODEL: lambda b: trilinear_baseline(low(b), task.high_size),
+                                    REFINE_MODEL: lambda b: task.model(low(b))[task.high_size]}
+    return with_baselines(models, model_targets(cfg, task), cfg.data, cfg.data.high_field, device)[0]
+
+
+REFINE_256: Stage[Refine256StageConfig, Refine256Task] = Stage(
+    STAGE, Refine256StageConfig, Refine256Task, build_model, load_trained, predictors, REFINE_MODEL,
+    xray_evaluation(model_targets, lambda cfg: cfg.data.high_field))

@@ -25,33 +25,22 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ctpipe.checkpoint import read_run_checkpoint
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
-from ctpipe.models.residual_upsampler3d import trilinear_baseline
-from ctpipe.stages.base import Stage
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    XRAY_FIELD,
-    Stage1ModelConfig,
-    Stage1Net,
-    XRayDataConfig,
-    check_shard_set,
-    evaluate_volume_models,
-    evaluation_splits,
-    field_size,
-    has_field,
-    load_xray_splits,
-    resolve_stage1_network,
-    training_arrays,
-    training_reference,
-    volume_metrics,
-    with_baselines,
-    xray_input,
-)
 from ctpipe.models.lift_ct import LiftCT
+from ctpipe.models.residual_upsampler3d import trilinear_baseline
+from ctpipe.models.stage1_net import Stage1Net
+from ctpipe.schedules import build_optimizer
+from ctpipe.stages.base import OncePerBatch, Predictor, Stage
+from ctpipe.stages.xray2ct_common import (XRAY_FIELD, Stage1ModelConfig, TrainedVolumeModel, VolumeTaskSteps,
+                                          XRayDataConfig, check_shard_set,
+                                          field_size, has_field, load_xray_splits, resolve_stage1_network,
+                                          trained_volume_model, training_arrays, training_reference, with_baselines,
+                                          xray_evaluation, xray_input)
 
+STAGE = "stage1_64"
 STAGE1_MODEL = "stage1_64"
 TRILINEAR_MODEL = "stage1_64_trilinear"
 
@@ -76,13 +65,26 @@ class Stage1Config:
     train: TrainConfig = TrainConfig(epochs=100, amp="bf16", grad_clip=1.0, early_stopping_patience=None)
 
 
-class Stage1Task:
+def build_model(cfg: Stage1Config, shape: Mapping[str, Any]) -> Stage1Net:
+    """The configured network with one auxiliary head per extra entry of ``loss.scale_weights``."""
+    network = resolve_stage1_network(cfg.model, cfg.train.gradient_checkpointing)
+    return Stage1Net(network, n_aux=len(cfg.loss.scale_weights) - 1)
+
+
+def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+    """The trained network of a ``stage1_64`` checkpoint (X-rays ``(B, 2, n, n)`` -> its grid), frozen."""
+    run = read_run_checkpoint(checkpoint)
+    run.require_stage(STAGE)
+    model = build_model(run.typed_config(Stage1Config), run.inference)
+    model.load_state_dict(run.models["model"])
+    return trained_volume_model(model.net, run, model.net.config.volume_size, device)
+
+
+class Stage1Task(VolumeTaskSteps):
     """Trainer task: ``xray`` -> Stage1Net -> ``data.volume_field``, multi-scale composite loss."""
 
     def __init__(self, cfg: Stage1Config, env: DistEnv, device: torch.device) -> None:
-        from ctpipe.schedules import build_optimizer
-
-        self.cfg = cfg
+        self.cfg, self.target_field = cfg, cfg.data.volume_field
         self.network = resolve_stage1_network(cfg.model, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.xray_size)
         size = field_size(cfg.data.root, cfg.data.volume_field)
@@ -92,7 +94,7 @@ class Stage1Task:
         self.high_field = cfg.data.high_field if has_field(cfg.data.root, cfg.data.high_field) else None
         fields = [XRAY_FIELD, cfg.data.volume_field] + ([self.high_field] if self.high_field else [])
         self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, fields)
-        self.model = Stage1Net(self.network, n_aux=len(cfg.loss.scale_weights) - 1)
+        self.model = build_model(cfg, {})
         if isinstance(self.model.net, LiftCT):  # its prior, from the training split (restored again on resume)
             if self.model.net.config.prior == "nearest":
                 self.model.net.set_bank(*training_arrays(cfg.data, cfg.data.volume_field))
@@ -105,62 +107,26 @@ class Stage1Task:
         self.fingerprint = {"model": to_dict(cfg.model), "network": to_dict(self.network), "loss": to_dict(cfg.loss),
                             "optim": to_dict(cfg.optim)}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
-        with stepper.autocast():
-            outputs = stepper.module("model")(xray_input(batch))
-            loss, terms = self.loss.multiscale(outputs, batch[self.cfg.data.volume_field])
-        stepper.backward(loss, "model")
-        return terms
-
     def predict(self, batch: Mapping[str, Any]) -> torch.Tensor:
         return self.model.net(xray_input(batch)).float()
 
-    def example_images(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """The first volume's target and prediction; TensorBoard shows their middle slices."""
-        return {"target": batch[self.cfg.data.volume_field][0], "prediction": self.predict(batch)[0].float()}
 
-    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        pred, target = self.predict(batch), batch[self.cfg.data.volume_field]
-        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
-        return {"loss": self.loss.per_sample(pred, target),
-                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
+def model_targets(cfg: Stage1Config, task: Stage1Task) -> dict[str, str]:
+    """The 64^3 prediction on its grid and, when the shard set has the high field, upsampled onto it."""
+    return {STAGE1_MODEL: cfg.data.volume_field, **({TRILINEAR_MODEL: task.high_field} if task.high_field else {})}
 
 
-def load_best(task: Any, run_dir: Path, device: torch.device) -> None:
-    """Load ``checkpoints/best.pt`` (when it exists) into the task's modules."""
-    from ctpipe.checkpoint import BEST, load_checkpoint
-
-    best = run_dir / "checkpoints" / BEST
-    if best.exists():
-        state = load_checkpoint(best)
-        for name, module in task.modules.items():
-            module.load_state_dict(state["models"][name])
-    for module in task.modules.values():
-        module.to(device).eval()
-
-
-def final_evaluation(cfg: Stage1Config, task: Stage1Task, run_dir: Path, device: torch.device, env: DistEnv) -> None:
-    """``stage1_64`` at its own grid and ``stage1_64_trilinear`` on the high-resolution grid (if present)."""
-    if not env.is_main:
-        return
-    load_best(task, run_dir, device)
-    targets = {STAGE1_MODEL: cfg.data.volume_field}
-    high_size = 0
-    if task.high_field is not None:
-        targets[TRILINEAR_MODEL] = task.high_field
+def predictors(cfg: Stage1Config, task: Stage1Task, device: torch.device) -> dict[str, Predictor]:
+    """``stage1_64``, ``stage1_64_trilinear`` (one forward pass per batch) and the trivial baselines."""
+    targets = model_targets(cfg, task)
+    low = OncePerBatch(lambda batch: task.predict(batch).clamp(0.0, 1.0))
+    models: dict[str, Predictor] = {STAGE1_MODEL: low}
+    if task.high_field:
         high_size = field_size(cfg.data.root, task.high_field)
-
-    def predict(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        low = task.predict(batch).clamp(0.0, 1.0)
-        outputs = {STAGE1_MODEL: low}
-        if high_size:
-            outputs[TRILINEAR_MODEL] = trilinear_baseline(low, high_size)
-        return outputs
-
-    predict_all, all_targets = with_baselines(predict, targets, cfg.data, cfg.data.volume_field, device)
-    for split, dataset in evaluation_splits(task):
-        evaluate_volume_models(predict_all, all_targets, dataset, run_dir / "eval" / split, device, cfg.data.hu_window,
-                               batch_size=cfg.data.eval_batch_size)
+        models[TRILINEAR_MODEL] = lambda batch: trilinear_baseline(low(batch), high_size)
+    return with_baselines(models, targets, cfg.data, cfg.data.volume_field, device)[0]
 
 
-STAGE1_64 = Stage("stage1_64", Stage1Config, Stage1Task, final_evaluation, STAGE1_MODEL)
+STAGE1_64: Stage[Stage1Config, Stage1Task] = Stage(
+    STAGE, Stage1Config, Stage1Task, build_model, load_trained, predictors, STAGE1_MODEL,
+    xray_evaluation(model_targets, lambda cfg: cfg.data.volume_field))

@@ -16,20 +16,23 @@ computed on (``eval_size``), so a 64^3 row can never be mistaken for a 256^3 one
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ctpipe.atomic import atomic_path
+from ctpipe.atomic import atomic_write_png
+from ctpipe.checkpoint import RunCheckpoint
 from ctpipe.config import ConfigError
+from ctpipe.data.datasets import ShardDataset
+from ctpipe.data.shards import read_manifest
 from ctpipe.intensity import XRAY2CT_HU_WINDOW
+from ctpipe.losses import VolumeLoss
 from ctpipe.metrics import (
     X2CT_PSNR_COLUMN,
     X2CT_SSIM_COLUMN,
@@ -42,9 +45,9 @@ from ctpipe.metrics import (
     ssim2d_x2ct,
 )
 from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCT, LiftCTConfig
+from ctpipe.models.stage1_net import Stage1Network
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
-from ctpipe.progress import track
-from ctpipe.stages.base import write_eval_tables, write_examples
+from ctpipe.stages.base import Evaluation, MetricFn, OncePerBatch, Predictor
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,6 @@ STAGE1_PRESETS: dict[str, XRay2CTConfig] = {"default": XRay2CTConfig(), "tiny": 
 LIFT_PRESETS: dict[str, LiftCTConfig] = {"default": LiftCTConfig(), "cpu": LIFT_CPU, "tiny": LIFT_TINY}
 # The stage-1 networks, by ``model.architecture`` (an explicit dict, no registry).
 STAGE1_MODELS: dict[str, type[nn.Module]] = {"vit": XRay2CT64, "lift": LiftCT}
-Stage1Network = XRay2CTConfig | LiftCTConfig
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
@@ -132,8 +134,6 @@ def build_stage1_network(network: Stage1Network) -> nn.Module:
 # ---- data ------------------------------------------------------------------------------------------------
 def field_size(root: str | Path, field: str) -> int:
     """Edge length of a cubic ``volume_*`` field or of the (square) ``xray`` field of a shard set."""
-    from ctpipe.data.shards import read_manifest
-
     manifest = read_manifest(root)
     if field not in manifest.fields:
         raise KeyError(f"shard set {root} has no field {field!r} (it has {sorted(manifest.fields)}); re-run "
@@ -142,15 +142,11 @@ def field_size(root: str | Path, field: str) -> int:
 
 
 def has_field(root: str | Path, field: str) -> bool:
-    from ctpipe.data.shards import read_manifest
-
     return field in read_manifest(root).fields
 
 
 def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
     """The shard set's HU window and X-ray size must be what the config and model expect."""
-    from ctpipe.data.shards import read_manifest
-
     manifest = read_manifest(cfg.root)
     window = tuple(float(v) for v in manifest.attrs.get("hu_window", XRAY2CT_HU_WINDOW))
     if window != tuple(cfg.hu_window):
@@ -164,9 +160,6 @@ def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
 
 def load_xray_splits(cfg: XRayDataConfig, fields: Sequence[str]) -> tuple[Any, Any, Any]:
     """Train / validation / test ShardDatasets of ``fields`` (validation/test None when empty)."""
-    from ctpipe.data.datasets import ShardDataset
-    from ctpipe.data.shards import read_manifest
-
     splits = read_manifest(cfg.root).splits
 
     def load(split: str) -> Any:
@@ -188,71 +181,31 @@ def xray_input(batch: Mapping[str, Any]) -> Tensor:
     raise ValueError(f"expected X-rays (B, 1, 2, n, n) or (B, 2, n, n), got {tuple(xray.shape)}")
 
 
-# ---- stage-1 network with optional multi-scale heads -----------------------------------------------------------
-class Stage1Net(nn.Module):
-    """:class:`XRay2CT64` (as ``net``) plus ``n_aux`` sigmoid heads on the last decoder stages before the output.
+# ---- a trained model, ready for inference ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedVolumeModel:
+    """A trained X-ray -> CT network (eval mode, frozen) and what inference needs to know about it.
 
-    ``forward`` returns ``{edge: (B, 1, s, s, s)}`` for every supervised scale; the final output equals
-    ``net(xray)`` exactly. The checkpoint keys of the backbone are ``net.*`` (see :func:`stage1_state`)."""
+    Calling it maps its input (X-rays ``(B, 2, n, n)``, or for ``refine_256`` a stage-1 volume) to the
+    ``(B, 1, s, s, s)`` volume at ``output_size``, float32 clamped to [0, 1] (the training window)."""
 
-    def __init__(self, config: Stage1Network, n_aux: int = 0) -> None:
-        super().__init__()
-        if isinstance(config, LiftCTConfig):
-            if n_aux:
-                raise ConfigError("the lift network has one output scale; set loss.scale_weights to one entry, e.g. [1.0]")
-            self.net: nn.Module = LiftCT(config)
-            self.aux = nn.ModuleList()
-            return
-        stages = len(config.decoder_channels)
-        if not 0 <= n_aux < stages:
-            raise ConfigError(f"stage1_64: {n_aux} auxiliary heads requested, the decoder has {stages} stages "
-                              f"(at most {stages - 1}); shorten loss.scale_weights")
-        self.net = XRay2CT64(config)
-        self.aux = nn.ModuleList([nn.Conv3d(c, 1, 1) for c in config.decoder_channels[stages - 1 - n_aux : stages - 1]])
+    model: nn.Module
+    run: RunCheckpoint
+    hu_window: tuple[float, float]
+    output_size: int
 
-    def forward(self, xray: Tensor) -> dict[int, Tensor]:
-        size = self.net.config.volume_size
-        if not len(self.aux):
-            return {size: self.net(xray)}
-        decoder = self.net.decoder
-        x = self.net.features(xray)
-        first = len(decoder.stages) - 1 - len(self.aux)
-        outputs: dict[int, Tensor] = {}
-        for index, stage in enumerate(decoder.stages):
-            x = stage(x)
-            if first <= index < len(decoder.stages) - 1:
-                outputs[x.shape[-1]] = torch.sigmoid(self.aux[index - first](x))
-        outputs[size] = torch.sigmoid(decoder.head(x))
-        return outputs
+    @torch.no_grad()
+    def __call__(self, inputs: Tensor) -> Tensor:
+        out = self.model(inputs)
+        return (out[self.output_size] if isinstance(out, dict) else out).float().clamp(0.0, 1.0)
 
 
-def stage1_state(models_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The :class:`XRay2CT64` state dict inside a Stage1Net state dict (``net.`` prefix removed)."""
-    return {k[len("net."):]: v for k, v in models_state.items() if k.startswith("net.")}
-
-
-def checkpoint_config(state: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
-    config = state.get("config")
-    if not config:
-        raise ValueError(f"checkpoint {path} records no config; it was not written by `ctpipe train`")
-    return json.loads(config) if isinstance(config, str) else dict(config)
-
-
-def load_stage1(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A trained stage-1 network (eval mode, frozen) and its run config, from a ``stage1_64`` checkpoint."""
-    from ctpipe.checkpoint import load_checkpoint
-    from ctpipe.config import from_dict
-
-    state = load_checkpoint(path)
-    config = checkpoint_config(state, path)
-    if config.get("stage") != "stage1_64":
-        raise ValueError(f"{path} is a {config.get('stage')!r} checkpoint; pass a stage1_64 run's checkpoints/best.pt")
-    model_cfg = from_dict(Stage1ModelConfig, config["model"], f"{path}: model")
-    network = resolve_stage1_network(model_cfg)
-    model = build_stage1_network(network)
-    model.load_state_dict(stage1_state(state["models"]["model"]))
+def trained_volume_model(model: nn.Module, run: RunCheckpoint, output_size: int,
+                         device: torch.device | str) -> TrainedVolumeModel:
+    """``model`` (with the checkpoint's weights already loaded) frozen on ``device``, with its run's HU window."""
     model.requires_grad_(False)
-    return model.to(device).eval(), config
+    window = tuple(float(v) for v in run.config["data"]["hu_window"])
+    return TrainedVolumeModel(model.to(device).eval(), run, window, output_size)  # type: ignore[arg-type]
 
 
 # ---- metrics and the evaluation writer -------------------------------------------------------------------------
@@ -284,7 +237,7 @@ def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = XR
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
                                 hu_window: Sequence[float] = XRAY2CT_HU_WINDOW) -> Path:
     """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
-    import matplotlib
+    import matplotlib  # heavy and only needed for figures: imported when one is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -301,77 +254,75 @@ def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(f"{label}: {plane}", fontsize=8)
     fig.suptitle(f"{title} (HU window [{low:g}, {high:g}], {pred.shape[0]}^3 voxels)", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return atomic_write_png(fig, path, 100)
 
 
-@torch.no_grad()
-def evaluate_volume_models(
-    predict: Callable[[Mapping[str, Any]], Mapping[str, Tensor]],
-    targets: Mapping[str, str],
-    dataset: Any,
-    out_dir: Path,
-    device: torch.device,
-    hu_window: Sequence[float] = XRAY2CT_HU_WINDOW,
-    batch_size: int = 2,
-    n_examples: int = 2,
-) -> dict[str, pd.DataFrame]:
-    """Score every model ``predict(batch)`` returns against its target field ``targets[model]``.
-
-    Writes ``<out_dir>/<model>.csv`` (per volume), ``examples.npz`` (the first ``n_examples`` targets and
-    predictions of the models scored on the LARGEST target, for :func:`ctpipe.report.plot_examples`) and
-    ``<model>_slices.png`` (orthogonal slices of the first volume). ``predict`` computes all models of a
-    batch at once, so shared work (the stage-1 forward pass) runs once.
-    """
-    from ctpipe.train import collate
-    from torch.utils.data import DataLoader
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = {name: field_size(dataset.root, key) for name, key in targets.items()}
-    example_key = targets[max(targets, key=lambda n: sizes[n])]
-    example_models = [n for n in targets if targets[n] == example_key]
-    extra = {"hu_window_low": float(hu_window[0]), "hu_window_high": float(hu_window[1])}
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    examples: dict[str, list[np.ndarray]] = {"target": [], **{n: [] for n in example_models}}
-    first: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in track(loader, f"final evaluation ({out_dir.name})", "batches"):
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        outputs = predict(batch)
-        take = max(n_examples - len(examples["target"]), 0)
-        examples["target"] += [t[0].cpu().numpy() for t in batch[example_key][:take]]
-        for name, key in targets.items():
-            pred, target = outputs[name].float().clamp(0.0, 1.0), batch[key]
-            values = volume_metrics(pred, target, hu_window, literature=True)
-            if name in examples:
-                examples[name] += [p[0].cpu().numpy() for p in pred[:take]]
-            if name not in first:
-                first[name] = (pred[0, 0].cpu().numpy(), target[0, 0].cpu().numpy(), batch["sample_id"][0])
-            for i in range(target.shape[0]):
-                rows[name].append({"sample_id": batch["sample_id"][i], "patient_id": batch["patient_id"][i],
-                                   **{k: float(v[i]) for k, v in values.items()}, "eval_size": sizes[name], **extra})
-    frames = write_eval_tables(rows, out_dir)
-    for name in rows:
-        if name in first:
-            pred, target, sample = first[name]
-            write_orthogonal_slices_png(pred, target, out_dir / f"{name}_slices.png", f"{name} / {sample}", hu_window)
-    write_examples(examples, out_dir)
-    return frames
+def _slices_figure(cfg: Any, pred: np.ndarray, target: np.ndarray, path: Path, title: str) -> Path:
+    return write_orthogonal_slices_png(pred, target, path, title, cfg.data.hu_window)
 
 
-def evaluation_splits(task: Any) -> list[tuple[str, Any]]:
-    """``[(split, dataset)]`` for the non-empty validation / test splits of a task; warns when either is empty
-    (a figure measured on validation only was also used to choose ``best.pt``)."""
-    found = [("validation", task.val_set), ("test", task.test_set)]
-    present = [(name, data) for name, data in found if data is not None and len(data) > 0]
-    missing = [name for name, data in found if data is None or len(data) == 0]
-    if missing:
-        log.warning("X-ray -> CT evaluation: the %s split(s) are empty, so no held-out figure is written for them; "
-                    "prep the shard set with `ctpipe prep drr --split-fractions 0.8,0.1,0.1`", " and ".join(missing))
-    return present
+def _volume_metric(cfg: Any) -> MetricFn:
+    return functools.partial(volume_metrics, hu_window=cfg.data.hu_window, literature=True)
+
+
+def xray_evaluation(model_targets: Callable[[Any, Any], Mapping[str, str]],
+                    own_field: Callable[[Any], str]) -> Evaluation[Any, Any]:
+    """The X-ray -> CT evaluation: the models (``model_targets(cfg, task)`` = ``{model: target field}``) and the
+    trivial baselines on every grid they are scored on, per volume by :func:`volume_metrics`, with the grid
+    (``eval_size``) and the HU window in every row and ``<model>_slices.png`` of the first volume."""
+
+    def targets(cfg: Any, task: Any) -> dict[str, str]:
+        models = dict(model_targets(cfg, task))
+        baselines = baseline_targets(list(dict.fromkeys(models.values())), own_field(cfg))
+        return {**models, **{name: field for name, (_, field) in baselines.items()}}
+
+    def columns(cfg: Any, task: Any) -> dict[str, dict[str, Any]]:
+        low, high = (float(v) for v in cfg.data.hu_window)
+        return {name: {"eval_size": field_size(cfg.data.root, field), "hu_window_low": low, "hu_window_high": high}
+                for name, field in targets(cfg, task).items()}
+
+    return Evaluation(target=lambda cfg, task, model: targets(cfg, task)[model], metric=_volume_metric,
+                      columns=columns, figure=_slices_figure, n_examples=2)
+
+
+# ---- the trainer steps every X-ray -> CT task shares ----------------------------------------------------------
+class VolumeTaskSteps:
+    """``train_step``, ``example_images`` and ``eval_step`` of an X-ray -> CT task.
+
+    The task sets ``cfg``, ``loss`` (a :class:`VolumeLoss`), ``target_field`` and ``module_name`` (its trained
+    module) and defines ``net_input(batch)`` (what that module takes) and ``predict(batch)`` (the final-grid
+    prediction, float32); ``supervised(outputs)`` picks the output scales the loss sees (default: all)."""
+
+    cfg: Any
+    loss: VolumeLoss
+    target_field: str
+    module_name: str = "model"
+
+    def net_input(self, batch: Mapping[str, Any]) -> Tensor:
+        return xray_input(batch)
+
+    def predict(self, batch: Mapping[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def supervised(self, outputs: dict[int, Tensor]) -> dict[int, Tensor]:
+        return outputs
+
+    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, Tensor]:
+        with stepper.autocast():
+            outputs = self.supervised(stepper.module(self.module_name)(self.net_input(batch)))
+            loss, terms = self.loss.multiscale(outputs, batch[self.target_field])
+        stepper.backward(loss, self.module_name)
+        return terms
+
+    def example_images(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The first volume's target and prediction; TensorBoard shows their middle slices."""
+        return {"target": batch[self.target_field][0], "prediction": self.predict(batch)[0].float()}
+
+    def eval_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        pred, target = self.predict(batch), batch[self.target_field]
+        metrics = volume_metrics(pred, target, self.cfg.data.hu_window)
+        return {"loss": self.loss.per_sample(pred, target),
+                PSNR_COLUMN: metrics[PSNR_COLUMN], SSIM_COLUMN: metrics[SSIM_COLUMN], "mae": metrics["mae"]}
 
 
 # ---- baselines that use the X-rays at most to pick a training patient -------------------------------------
@@ -397,8 +348,6 @@ class TrainingReference:
 
 def training_reference(cfg: XRayDataConfig, fields: Sequence[str]) -> TrainingReference:
     """One pass over the training split: X-rays and the voxel-wise mean of every field in ``fields``."""
-    from ctpipe.data.datasets import ShardDataset
-
     dataset = ShardDataset(cfg.root, cfg.train_split, (XRAY_FIELD, *fields))
     if len(dataset) == 0:
         raise ValueError(f"shard set {cfg.root}: the training split {cfg.train_split!r} is empty; the baselines need it")
@@ -414,8 +363,6 @@ def training_reference(cfg: XRayDataConfig, fields: Sequence[str]) -> TrainingRe
 
 def training_arrays(cfg: XRayDataConfig, field: str) -> tuple[Tensor, Tensor]:
     """The training split's X-rays ``(N, 2, n, n)`` and ``field`` volumes ``(N, 1, s, s, s)`` (for LiftCT's bank)."""
-    from ctpipe.data.datasets import ShardDataset
-
     dataset = ShardDataset(cfg.root, cfg.train_split, (XRAY_FIELD, field))
     samples = [dataset[index] for index in range(len(dataset))]
     return torch.stack([s[XRAY_FIELD][0] for s in samples]), torch.stack([s[field] for s in samples])
@@ -455,16 +402,25 @@ def baseline_targets(fields: Sequence[str], own_field: str) -> dict[str, tuple[s
     return {baseline_name(kind, field, own_field): (kind, field) for field in fields for kind in TRIVIAL_BASELINES}
 
 
-def with_baselines(predict: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], targets: Mapping[str, str],
-                   cfg: XRayDataConfig, own_field: str, device: torch.device
-                   ) -> tuple[Callable[[Mapping[str, Any]], dict[str, Tensor]], dict[str, str]]:
-    """Wrap an evaluation's ``predict`` and ``targets`` so that mean_volume and nearest_xray are scored beside
-    the models, on every grid the models are scored on, by the same code."""
+def with_baselines(models: Mapping[str, Predictor], targets: Mapping[str, str], cfg: XRayDataConfig, own_field: str,
+                   device: torch.device) -> tuple[dict[str, Predictor], dict[str, str]]:
+    """The models' predictors (clamped to the [0, 1] window) and ``mean_volume`` / ``nearest_xray`` on every
+    grid the models are scored on, with every predictor's target field. The baselines of a batch are computed
+    once (one nearest-patient search)."""
     fields = list(dict.fromkeys(targets.values()))
     reference = training_reference(cfg, fields)
     baselines = baseline_targets(fields, own_field)
+    all_baselines = OncePerBatch(lambda batch: baseline_predictions(reference, batch, baselines, device))
+    predictors: dict[str, Predictor] = {name: _clamped(predict) for name, predict in models.items()}
+    for name in baselines:
+        predictors[name] = functools.partial(_pick, all_baselines, name)
+    return predictors, {**targets, **{name: field for name, (_, field) in baselines.items()}}
 
-    def predict_all(batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return {**predict(batch), **baseline_predictions(reference, batch, baselines, device)}
 
-    return predict_all, {**targets, **{name: field for name, (_, field) in baselines.items()}}
+def _clamped(predict: Predictor) -> Predictor:
+    return lambda batch: predict(batch).float().clamp(0.0, 1.0)
+
+
+def _pick(predict_all: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], name: str,
+          batch: Mapping[str, Any]) -> Tensor:
+    return predict_all(batch)[name]

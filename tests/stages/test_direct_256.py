@@ -15,7 +15,8 @@ from ctpipe.paths import stage_configs_dir
 from ctpipe.report import aggregate
 from ctpipe.runner import run_stage
 from ctpipe.stages.direct_256 import Direct256StageConfig, Direct256Task, tiny_direct_config
-from ctpipe.stages.xray2ct_common import PSNR_COLUMN, load_stage1
+from ctpipe.stages import STAGES
+from ctpipe.stages.xray2ct_common import PSNR_COLUMN
 from tests.stages.test_stage1_64 import TINY, make_xray_shards
 
 
@@ -67,7 +68,7 @@ def test_stage1_initialisation_copies_the_backbone(runs) -> None:
     cfg = build_config(Direct256StageConfig, load_json(stage_configs_dir() / "direct_256.json"),
                        [f"data.root={shards}", *TINY, f"init_from_stage1={stage1_path}"])
     task = Direct256Task(cfg, DistEnv(), torch.device("cpu"))
-    stage1, _ = load_stage1(stage1_path)
+    stage1 = STAGES["stage1_64"].load_trained(stage1_path).model
     mine = task.model.state_dict()
     for key, value in stage1.state_dict().items():
         if key.startswith(("encoder.", "transformer.")):

@@ -18,8 +18,9 @@ from ctpipe.infer_pix2pix import evaluate_volume
 from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.runner import run_stage, stage_config_path
 from ctpipe.schedules import linear_decay_factor
-from ctpipe.stages.pix2pix_phase import (Pix2PixLossConfig, Pix2PixModelConfig, Pix2PixPhaseConfig, load_phase_splits,
-                                        load_trained_generator, predict_volumes, resolve_num_downs)
+from ctpipe.stages.phases_common import load_phase_splits, predict_volumes
+from ctpipe.stages.pix2pix_phase import (Pix2PixLossConfig, Pix2PixModelConfig, Pix2PixPhaseConfig, load_trained_generator,
+                                        resolve_num_downs)
 from ctpipe.train import StopFlag
 
 TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "model.n_layers_d=2",

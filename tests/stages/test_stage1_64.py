@@ -21,12 +21,12 @@ from ctpipe.losses import VolumeLoss, VolumeLossConfig, ssim3d
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64
 from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
+from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.stages.stage1_64 import Stage1Config
 from ctpipe.stages.xray2ct_common import (
     PSNR_COLUMN,
     SSIM_COLUMN,
     Stage1ModelConfig,
-    Stage1Net,
     resolve_stage1_network,
 )
 

@@ -2,6 +2,7 @@
 evaluation writer the models use."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -13,13 +14,14 @@ from ctpipe.data.drr_prep import prep_drr
 from ctpipe.data.shards import read_manifest
 from ctpipe.data.synthetic_ct import write_synthetic_ct
 from ctpipe.report import add_baseline_margin
+from ctpipe.stages.base import score_samples, write_split
 from ctpipe.stages.xray2ct_common import (
     XRayDataConfig,
-    evaluate_volume_models,
     load_xray_splits,
     nearest_xray_indices,
     training_reference,
     with_baselines,
+    xray_evaluation,
 )
 
 
@@ -55,17 +57,24 @@ def test_baselines_match_a_hand_computation(shards: Path, tmp_path: Path) -> Non
         mean = np.mean([samples[p][field] for p in train], axis=0)
         assert np.allclose(reference.means[field][0, 0].numpy(), mean, atol=1e-6)
 
-    def predict(batch):  # "models" predicting 0.25 everywhere, scored beside the baselines on two grids
-        return {"constant": torch.full_like(batch["volume_12"], 0.25), "constant_hi": torch.full_like(batch["volume_16"], 0.25)}
+    models = {  # "models" predicting 0.25 everywhere, scored beside the baselines on two grids
+        "constant": lambda batch: torch.full_like(batch["volume_12"], 0.25),
+        "constant_hi": lambda batch: torch.full_like(batch["volume_16"], 0.25)}
 
-    predict_all, targets = with_baselines(predict, {"constant": "volume_12", "constant_hi": "volume_16"}, cfg, "volume_12",
-                                          torch.device("cpu"))
+    predictors, targets = with_baselines(models, {"constant": "volume_12", "constant_hi": "volume_16"}, cfg, "volume_12",
+                                         torch.device("cpu"))
     assert targets == {"constant": "volume_12", "constant_hi": "volume_16", "mean_volume": "volume_12", "nearest_xray": "volume_12",
                        "mean_volume_16": "volume_16", "nearest_xray_16": "volume_16"}
     _, val_set, test_set = load_xray_splits(cfg, ["xray", "volume_12", "volume_16"])
     for split, dataset in (("validation", val_set), ("test", test_set)):
-        frames = evaluate_volume_models(predict_all, targets, dataset, tmp_path / split, torch.device("cpu"),
-                                        batch_size=2)
+        # the stages' X-ray evaluation: its targets, metric and columns (eval_size read from the shard set)
+        evaluation = xray_evaluation(lambda c, t: {"constant": "volume_12", "constant_hi": "volume_16"},
+                                     lambda c: c.data.volume_field)
+        run_cfg = SimpleNamespace(data=cfg)
+        assert {name: evaluation.target(run_cfg, None, name) for name in predictors} == targets
+        scores = score_samples(predictors, targets, evaluation.metric(run_cfg), dataset, torch.device("cpu"), 2, 2,
+                               split, evaluation.columns(run_cfg, None))
+        frames = write_split(scores, tmp_path / split, {name: "baseline" for name in predictors})
         for patient in manifest.splits[split]:
             sample = samples[patient]
             distances = [np.sum((sample["xray"] - samples[p]["xray"]) ** 2) for p in train]
