@@ -26,9 +26,10 @@ from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgres
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64
-from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeTaskSteps,
-                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
-                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
+from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, TrainedVolumeModel,
+                                          VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
+                                          load_xray_splits, preset_or_custom, trained_volume_model, with_baselines,
+                                          xray_evaluation, xray_input)
 
 STAGE = "direct_256"
 DIRECT_MODEL = "direct_256"
@@ -51,9 +52,9 @@ class Direct256StageConfig:
     init_from_stage1: str | None = None
     data: XRayDataConfig = XRayDataConfig(batch_size=1, eval_batch_size=1)
     model: DirectModelConfig = DirectModelConfig()
-    loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
+    loss: VolumeLossConfig = HIGH_RES_LOSS
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
-    scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
+    scheduler: SchedulerConfig = COSINE_SCHEDULE
     train: TrainConfig = TrainConfig(epochs=100, amp="bf16", grad_clip=1.0, gradient_checkpointing=True,
                                      early_stopping_patience=None, log_every=20)
 
@@ -70,14 +71,10 @@ def tiny_direct_config(output_size: int) -> XRay2CTProgressiveConfig:
 
 def resolve_direct_network(model: DirectModelConfig, output_size: int,
                            gradient_checkpointing: bool) -> XRay2CTProgressiveConfig:
-    if model.preset == "custom":
-        if model.network is None:
-            raise ConfigError("model.preset='custom' needs model.network (the XRay2CTProgressiveConfig fields)")
-        network = model.network
-    elif model.network is not None:
-        raise ConfigError("model.network is only used with model.preset='custom'")
-    else:
-        network = XRay2CTProgressiveConfig() if model.preset == "default" else tiny_direct_config(output_size)
+    presets = {"default": XRay2CTProgressiveConfig(), "tiny": None}
+    network = preset_or_custom(model.preset, model.network, presets, "network", "XRay2CTProgressiveConfig")
+    if network is None:  # the tiny preset's decoder depends on the target grid
+        network = tiny_direct_config(output_size)
     if network.output_size != output_size:
         raise ConfigError(f"the direct_256 network outputs {network.output_size}^3 but data.high_field holds "
                           f"{output_size}^3 volumes; change data.high_field or the model")

@@ -34,9 +34,10 @@ from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, Resid
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
-from ctpipe.stages.xray2ct_common import (XRAY_FIELD, TrainedVolumeModel, VolumeTaskSteps,
-                                          XRayDataConfig, check_shard_set, field_size, load_xray_splits,
-                                          trained_volume_model, with_baselines, xray_evaluation, xray_input)
+from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, TrainedVolumeModel,
+                                          VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
+                                          load_xray_splits, preset_or_custom, trained_volume_model, with_baselines,
+                                          xray_evaluation, xray_input)
 
 STAGE = "refine_256"
 REFINE_MODEL = "refine_256"
@@ -60,25 +61,20 @@ class Refine256StageConfig:
     stage1_checkpoint: str = "runs/stage1_64/default/checkpoints/best.pt"
     data: XRayDataConfig = XRayDataConfig(batch_size=2, eval_batch_size=1)
     model: RefineModelConfig = RefineModelConfig()
-    loss: VolumeLossConfig = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
+    loss: VolumeLossConfig = HIGH_RES_LOSS
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01)
-    scheduler: SchedulerConfig = SchedulerConfig(name="cosine", min_lr=1e-6)
+    scheduler: SchedulerConfig = COSINE_SCHEDULE
     train: TrainConfig = TrainConfig(epochs=50, amp="bf16", grad_clip=1.0, early_stopping_patience=None, log_every=20)
 
 
 def resolve_refine_network(model: RefineModelConfig, input_size: int,
                            gradient_checkpointing: bool) -> ResidualUpsampler3DConfig:
-    if model.preset == "custom":
-        if model.network is None:
-            raise ConfigError("model.preset='custom' needs model.network (the ResidualUpsampler3DConfig fields)")
-        network = model.network
-        if network.input_size != input_size:
-            raise ConfigError(f"model.network.input_size={network.input_size} but the stage-1 network outputs "
-                              f"{input_size}^3; set model.network.input_size={input_size}")
-    else:
-        if model.network is not None:
-            raise ConfigError("model.network is only used with model.preset='custom'")
-        network = dataclasses.replace(REFINE_PRESETS[model.preset], input_size=input_size)
+    network = preset_or_custom(model.preset, model.network, REFINE_PRESETS, "network", "ResidualUpsampler3DConfig")
+    if model.preset != "custom":  # a preset refines whatever grid the stage-1 network outputs
+        network = dataclasses.replace(network, input_size=input_size)
+    elif network.input_size != input_size:
+        raise ConfigError(f"model.network.input_size={network.input_size} but the stage-1 network outputs "
+                          f"{input_size}^3; set model.network.input_size={input_size}")
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 

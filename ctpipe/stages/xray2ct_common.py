@@ -28,11 +28,11 @@ from torch import Tensor, nn
 
 from ctpipe.atomic import atomic_write_png
 from ctpipe.checkpoint import RunCheckpoint
-from ctpipe.config import ConfigError
+from ctpipe.config import ConfigError, SchedulerConfig
 from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.shards import read_manifest
 from ctpipe.intensity import XRAY2CT_HU_WINDOW
-from ctpipe.losses import VolumeLoss
+from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.metrics import (
     X2CT_PSNR_COLUMN,
     X2CT_SSIM_COLUMN,
@@ -102,18 +102,23 @@ def resolve_stage1_network(model: Stage1ModelConfig, gradient_checkpointing: boo
         raise ConfigError("model.lift_network is only used with model.architecture='lift'; remove it")
     if model.preset == "cpu":
         raise ConfigError("model.preset='cpu' exists for model.architecture='lift' only; use default, tiny or custom")
-    network = _preset_or_custom(model.preset, model.network, STAGE1_PRESETS, "network", "XRay2CTConfig")
+    network = preset_or_custom(model.preset, model.network, STAGE1_PRESETS, "network", "XRay2CTConfig")
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 
 def _resolve_lift_network(model: Stage1ModelConfig, gradient_checkpointing: bool) -> LiftCTConfig:
     if model.network is not None:
         raise ConfigError("model.network holds ViT fields; with model.architecture='lift' use model.lift_network")
-    network = _preset_or_custom(model.preset, model.lift_network, LIFT_PRESETS, "lift_network", "LiftCTConfig")
+    network = preset_or_custom(model.preset, model.lift_network, LIFT_PRESETS, "lift_network", "LiftCTConfig")
     return dataclasses.replace(network, gradient_checkpointing=gradient_checkpointing)
 
 
-def _preset_or_custom(preset: str, custom: Any, presets: Mapping[str, Any], field: str, kind: str) -> Any:
+# The 256^3 stages' shared defaults (refine_256, direct_256): multi-scale L1 + edge, cosine schedule down to 1e-6.
+HIGH_RES_LOSS = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
+COSINE_SCHEDULE = SchedulerConfig(name="cosine", min_lr=1e-6)
+
+
+def preset_or_custom(preset: str, custom: Any, presets: Mapping[str, Any], field: str, kind: str) -> Any:
     """``model.<field>`` for ``model.preset='custom'``, else the named preset; a stray ``model.<field>`` is refused."""
     if preset == "custom":
         if custom is None:
