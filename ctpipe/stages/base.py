@@ -24,12 +24,13 @@ from ctpipe.checkpoint import BEST, load_checkpoint
 from ctpipe.distributed import DistEnv
 from ctpipe.progress import track
 from ctpipe.run_files import BASELINE, EVAL_COUNTS, ROLE_COLUMN, TRAINED
+from ctpipe.task import Task
 from ctpipe.train import collate
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C")  # the stage's config dataclass
-T = TypeVar("T")  # the stage's trainer task (see ctpipe.train)
+T = TypeVar("T", bound=Task)  # the stage's trainer task: meets the ctpipe.task.Task contract
 
 Predictor = Callable[[Mapping[str, Any]], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]

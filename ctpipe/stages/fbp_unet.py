@@ -34,6 +34,7 @@ from ctpipe.stages.base import OncePerBatch, Predictor, Stage, freeze
 from ctpipe.stages.fbp_window import LEARNED_MODEL, WindowModelConfig, build_window
 from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
                                           shard_geometry)
+from ctpipe.task import Stepper
 
 STAGE = "fbp_unet"
 UNET_MODEL = "fbp_unet"  # experiment 4's trained model in the eval tables
@@ -174,7 +175,7 @@ class FBPUNetTask:
         """FBP + UNet with the raw (unwrapped) modules, e.g. for evaluation and inference."""
         return self.unet(self.fbp_image(sinogram)).float()
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: Mapping[str, Any], stepper: Stepper) -> dict[str, torch.Tensor]:
         image = self.fbp_image(batch["sinogram"])
         with stepper.autocast():
             pred = stepper.module("unet")(image)

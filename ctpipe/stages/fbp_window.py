@@ -18,6 +18,7 @@ from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage, freeze
 from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
                                           shard_geometry)
+from ctpipe.task import Stepper
 
 LEARNED_MODEL = "learned_window"  # experiment 1's trained model in the eval tables
 STAGE = "fbp_window"
@@ -76,7 +77,7 @@ class FBPWindowTask:
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}
         self.fingerprint = {"model": to_dict(cfg.model), "optim": to_dict(cfg.optim), "geometry": repr(self.geometry)}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: Mapping[str, Any], stepper: Stepper) -> dict[str, torch.Tensor]:
         with stepper.autocast():
             pred = stepper.module("model")(batch["sinogram"])
             loss = torch.nn.functional.mse_loss(pred.float(), batch["image"])

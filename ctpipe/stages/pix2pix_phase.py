@@ -46,6 +46,7 @@ from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Evaluation, Predictor, Stage
 from ctpipe.stages.phases_common import (MODEL_NAME, SLICE_RANGE, PrepInfo, load_phase_splits,
                                          phase_predictors, read_prep_info, score_volumes, slice_side)
+from ctpipe.task import Stepper
 
 STAGE = "pix2pix_phase"
 log = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ class Pix2PixPhaseTask:
                             "optim_d": to_dict(cfg.optim_discriminator), "slice_shape": list(side),
                             "prep": self.prep.to_dict()}
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, torch.Tensor]:
+    def train_step(self, batch: Mapping[str, Any], stepper: Stepper) -> dict[str, torch.Tensor]:
         a, b = batch[self.cfg.data.input_field], batch[self.cfg.data.target_field]
         mode = self.cfg.loss.gan_mode
         with stepper.autocast():

@@ -48,6 +48,7 @@ from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCT, LiftCTConfig
 from ctpipe.models.stage1_net import Stage1Network
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
 from ctpipe.stages.base import Evaluation, MetricFn, OncePerBatch, Predictor
+from ctpipe.task import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ class VolumeTaskSteps:
     def supervised(self, outputs: dict[int, Tensor]) -> dict[int, Tensor]:
         return outputs
 
-    def train_step(self, batch: Mapping[str, Any], stepper: Any) -> dict[str, Tensor]:
+    def train_step(self, batch: Mapping[str, Any], stepper: Stepper) -> dict[str, Tensor]:
         with stepper.autocast():
             outputs = self.supervised(stepper.module(self.module_name)(self.net_input(batch)))
             loss, terms = self.loss.multiscale(outputs, batch[self.target_field])
