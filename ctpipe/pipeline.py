@@ -15,14 +15,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
 from submitit.helpers import Checkpointable
 
 from ctpipe.atomic import atomic_write_json
+from ctpipe.cli import main
+from ctpipe.data.drr_prep import list_ct_files
+from ctpipe.data.lodopab import inspect_lodopab, prep_lodopab
+from ctpipe.data.nifti_pairs import find_pairs
+from ctpipe.data.synthetic import write_synthetic_lodopab
+from ctpipe.data.synthetic_ct import write_synthetic_ct
+from ctpipe.data.synthetic_phases import write_synthetic_phases
+from ctpipe.demo_common import follow_jobs
 from ctpipe.launch import ExecutorKind, Resources, make_executor, submit_training, wait_all
+from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.paths import data_root, results_root, runs_root
+from ctpipe.presets import preset_overrides
+from ctpipe.report import aggregate
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -138,8 +152,6 @@ class PrepLodopabJob(Checkpointable):
         self.src, self.out, self.n_tasks = str(src), str(out), n_tasks
 
     def __call__(self, task_index: int) -> dict[str, Any]:
-        from ctpipe.data.lodopab import prep_lodopab
-
         result = prep_lodopab(self.src, self.out, task_index=task_index, n_tasks=self.n_tasks, progress=False)
         return {"task": task_index, "written": list(result.written), "skipped": list(result.skipped),
                 "n_shards": result.n_shards, "manifest": None if result.manifest is None else str(result.manifest)}
@@ -154,8 +166,6 @@ class PrepCliJob(Checkpointable):
         self.argv, self.n_tasks = [str(a) for a in argv], n_tasks
 
     def __call__(self, task_index: int) -> dict[str, Any]:
-        from ctpipe.cli import main
-
         main([*self.argv, "--task-index", str(task_index), "--n-tasks", str(self.n_tasks)])
         return {"task": task_index, "argv": self.argv}
 
@@ -167,8 +177,6 @@ class AggregateJob(Checkpointable):
         self.runs, self.out = str(runs), str(out)
 
     def __call__(self) -> dict[str, str]:
-        from ctpipe.report import aggregate
-
         return {name: str(path) for name, path in aggregate(self.runs, self.out).items()}
 
 
@@ -181,10 +189,6 @@ class InferXray2CTJob(Checkpointable):
         self.runs, self.shards, self.out, self.refine = str(runs), str(shards), str(out), refine
 
     def __call__(self) -> dict[str, Any]:
-        import pandas as pd
-
-        from ctpipe.cli import main
-
         stage1 = Path(self.runs) / "stage1_64"
         evaluated = [stage1 / "eval" / split / "stage1_64.csv" for split in ("test", "validation")]
         rows = pd.read_csv(next((p for p in evaluated if p.is_file()), evaluated[0]))
@@ -205,8 +209,6 @@ class InferPhasesJob(Checkpointable):
         self.checkpoint, self.raw, self.out = str(checkpoint), str(raw), str(out)
 
     def __call__(self) -> dict[str, Any]:
-        from ctpipe.cli import main
-
         main(["infer", "pix2pix", "--checkpoint", self.checkpoint, "--input-dir", str(Path(self.raw) / "testA"),
               "--target-dir", str(Path(self.raw) / "testB"), "--out-dir", self.out, "--device", "cpu"])
         return {"out": self.out}
@@ -224,8 +226,6 @@ def plan_pipeline(family: str, name: str | None = None, src: str | Path | None =
                   sweep: Sequence[str] = (), prep_tasks: int = 8, shards: str | Path | None = None,
                   preset: str | None = None) -> PipelinePlan:
     """Resolve folders and stages. Without ``src`` the raw data is synthesized (``synth``) into data/<name>/raw."""
-    from ctpipe.presets import preset_overrides
-
     fam = get_family(family)
     name = name or fam.name
     chosen = tuple(stages) if stages else fam.default_stages
@@ -260,19 +260,12 @@ def synthesize_raw(plan: PipelinePlan) -> None:
     assert plan.synth is not None
     spec = plan.synth
     if plan.family == "lodopab":
-        from ctpipe.data.synthetic import write_synthetic_lodopab
-        from ctpipe.ops.geometry import ParallelBeamGeometry
-
         geometry = ParallelBeamGeometry.lodopab().scaled(spec.n_pixels, spec.n_angles)
         write_synthetic_lodopab(plan.raw, n=spec.n, size="small", seed=spec.seed,
                                 samples_per_file=spec.samples_per_file, geometry=geometry, progress=False)
     elif plan.family == "xray2ct":
-        from ctpipe.data.synthetic_ct import write_synthetic_ct
-
         write_synthetic_ct(plan.raw, spec.n, size=spec.n_pixels, spacing_mm=320.0 / spec.n_pixels, seed=spec.seed)
     else:
-        from ctpipe.data.synthetic_phases import write_synthetic_phases
-
         write_synthetic_phases(plan.raw, spec.n, size=spec.n_pixels, n_slices=16, seed=spec.seed)
         write_synthetic_phases(plan.raw, 2, size=spec.n_pixels, n_slices=16, seed=spec.seed + 1, subset="test")
 
@@ -292,16 +285,10 @@ def _prep_argv(plan: PipelinePlan) -> list[str]:
 def count_prep_tasks(plan: PipelinePlan) -> int:
     """Array size: one task per raw file group at most (reads only the raw files' names/metadata)."""
     if plan.family == "xray2ct":
-        from ctpipe.data.drr_prep import list_ct_files
-
         groups = len(list_ct_files(plan.raw))
     elif plan.family == "phases":
-        from ctpipe.data.nifti_pairs import find_pairs
-
         groups = len(find_pairs(plan.raw))
     else:
-        from ctpipe.data.lodopab import inspect_lodopab
-
         groups = len(inspect_lodopab(plan.raw).pairs)
     return max(1, min(plan.prep_tasks, groups))
 
@@ -314,9 +301,6 @@ def _step_resources(name: str, cpus: int, timeout_min: int) -> Resources:
 def max_array_size(scontrol_config: str | None = None) -> int | None:
     """The cluster's ``MaxArraySize`` (array indices must stay below it) from ``scontrol show config``; None when
     scontrol is missing or does not say."""
-    import re
-    import subprocess
-
     if scontrol_config is None:
         try:
             scontrol_config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
@@ -351,8 +335,6 @@ def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int
 def _wait(jobs: Sequence[Any], executor_kind: str, say: Callable[[str], None]) -> None:
     """Wait for ``jobs``; local jobs' log lines are forwarded meanwhile (never silent for more than 30 s)."""
     if executor_kind == "local":
-        from ctpipe.demo_common import follow_jobs
-
         follow_jobs(jobs, say, keep=lambda line: not line.startswith("submitit "))
     wait_all(jobs)
 
@@ -366,8 +348,6 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     raises with the failing job's log tail; slurm: returns once all jobs are queued (each with ``afterok`` on
     the jobs it needs and ``--kill-on-invalid-dep=yes``, so a failed step cancels everything after it).
     """
-    from ctpipe.presets import preset_overrides
-
     ordered = executor_kind != "slurm"
     if plan.synth is not None:
         say(f"synthesizing {plan.synth.n} {plan.family} samples ({plan.synth.n_pixels} px) in {plan.raw}")
