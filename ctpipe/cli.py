@@ -15,6 +15,7 @@ from ctpipe.distributed import DistEnv, pick_device
 from ctpipe.errors import DiskFullError, UserError, is_disk_full
 from ctpipe.intensity import PIX2PIX_HU_WINDOW
 from ctpipe.launch import Resources, submit_training, wait_all
+from ctpipe.pipeline_families import FAMILIES, SynthSpec
 from ctpipe.presets import describe as describe_presets
 from ctpipe.presets import preset_overrides
 from ctpipe.progress import Progress
@@ -362,7 +363,7 @@ def _presets(args: argparse.Namespace) -> None:
 # ---- submit pipeline -------------------------------------------------------------------------------------
 def _submit_pipeline(args: argparse.Namespace) -> None:
     # lazy: import cycle (pipeline's jobs call cli.main) and pipeline pulls in pandas and the data modules
-    from ctpipe.pipeline import SynthSpec, plan_pipeline, submit_pipeline
+    from ctpipe.pipeline import plan_pipeline, submit_pipeline
 
     synth = SynthSpec(n=args.n_synth, n_pixels=args.synth_pixels, n_angles=args.synth_angles,
                       samples_per_file=args.synth_per_file, seed=args.seed)
@@ -377,8 +378,6 @@ def _submit_pipeline(args: argparse.Namespace) -> None:
 
 
 def _pipeline_parser() -> argparse.ArgumentParser:
-    from ctpipe.pipeline import FAMILIES  # lazy: import cycle (pipeline's jobs call cli.main)
-
     p = argparse.ArgumentParser(
         prog="ctpipe submit pipeline",
         description="Submit a family's chain: (synthesize raw data) -> prep array -> training (an array per "
