@@ -16,6 +16,8 @@ import importlib
 import sys
 from types import ModuleType
 
+import torch
+
 _MISSING_SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
     "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -31,8 +33,6 @@ def workaround_applied() -> bool:
 
 def _define_missing_schemas() -> None:
     global _library, _applied
-    import torch
-
     if _library is None:
         _library = torch.library.Library("torchvision", "DEF")  # noqa: TOR001 - deliberate
     for schema in _MISSING_SCHEMAS:

@@ -139,7 +139,7 @@ def atomic_write_frame(frame: Any, target: str | os.PathLike[str], **to_csv: Any
 
 def atomic_write_png(fig: Any, target: str | os.PathLike[str], dpi: int) -> Path:
     """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
-    import matplotlib.pyplot as plt  # heavy; only the callers that draw figures pay for it
+    import matplotlib.pyplot as plt  # lazy: heavy; only the callers that draw figures pay for it
 
     fig.tight_layout()
     with atomic_path(target, suffix=".png") as tmp:

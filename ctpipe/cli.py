@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ctpipe.checkpoint import CheckpointError
+from ctpipe.demo_common import follow_jobs
+from ctpipe.distributed import DistEnv, pick_device
 from ctpipe.errors import DiskFullError, UserError, is_disk_full
 from ctpipe.intensity import PIX2PIX_HU_WINDOW
+from ctpipe.launch import Resources, submit_training, wait_all
+from ctpipe.pipeline_families import FAMILIES, SynthSpec
+from ctpipe.presets import describe as describe_presets
+from ctpipe.presets import preset_overrides
 from ctpipe.progress import Progress
 from ctpipe.summaries import (emit, infer_folder_summary, infer_volume_summary, infer_xray2ct_summary, prep_summary,
                               synth_files_summary, synth_lodopab_summary)
@@ -30,6 +36,7 @@ def _array_task(args: argparse.Namespace) -> tuple[int, int]:
 
 # ---- prep ------------------------------------------------------------------------------------------
 def _prep_lodopab(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.lodopab import prep_lodopab
 
     index, count = _array_task(args)
@@ -39,6 +46,7 @@ def _prep_lodopab(args: argparse.Namespace) -> None:
 
 
 def _prep_synth_lodopab(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.synthetic import write_synthetic_lodopab
 
     emit(synth_lodopab_summary(write_synthetic_lodopab(Path(args.out), n=args.n, size=args.size, seed=args.seed)),
@@ -107,6 +115,7 @@ def _attach_signed_lists(argv: Sequence[str]) -> list[str]:
 
 
 def _prep_nifti_pairs(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.nifti_pairs import prep_nifti_pairs
 
     index, count = _array_task(args)
@@ -119,6 +128,7 @@ def _prep_nifti_pairs(args: argparse.Namespace) -> None:
 
 
 def _prep_synth_phases(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.synthetic_phases import write_synthetic_phases
 
     pairs = write_synthetic_phases(Path(args.out), args.n, size=args.size, n_slices=args.n_slices,
@@ -158,6 +168,7 @@ def _add_prep_phases(kinds: argparse._SubParsersAction) -> None:
 
 # ---- prep: CT NIfTI -> dual-view DRR shard sets (X-ray -> CT) --------------------------------------------
 def _prep_drr(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.drr_prep import parse_split_fractions, prep_drr
 
     index, count = _array_task(args)
@@ -170,6 +181,7 @@ def _prep_drr(args: argparse.Namespace) -> None:
 
 
 def _prep_synth_ct(args: argparse.Namespace) -> None:
+    # lazy: h5py/nibabel/scipy cost ~0.1 s at CLI start; only this command needs them
     from ctpipe.data.synthetic_ct import write_synthetic_ct
 
     paths = write_synthetic_ct(Path(args.out), args.n, size=args.size, spacing_mm=args.spacing_mm, seed=args.seed)
@@ -204,9 +216,9 @@ def _add_prep_xray2ct(kinds: argparse._SubParsersAction) -> None:
 
 # ---- infer -------------------------------------------------------------------------------------------------
 def _infer_pix2pix(args: argparse.Namespace) -> None:
-    from ctpipe.distributed import DistEnv, pick_device
+    # lazy: the stages pull in h5py, nibabel and pandas (~0.3 s at CLI start); only inference needs them
     from ctpipe.infer_pix2pix import describe, infer_folder, infer_volume
-    from ctpipe.stages import get_stage
+    from ctpipe.stages import get_stage  # lazy: see above
 
     single, batch = args.input is not None, args.input_dir is not None
     if single == batch:
@@ -247,8 +259,7 @@ def _add_infer_pix2pix(kinds: argparse._SubParsersAction) -> None:
 
 
 def _infer_xray2ct(args: argparse.Namespace) -> None:
-    from ctpipe.distributed import DistEnv, pick_device
-    from ctpipe.infer_xray2ct import infer_xray2ct
+    from ctpipe.infer_xray2ct import infer_xray2ct  # lazy: pulls in the stages (~0.3 s at CLI start)
 
     device = pick_device(args.device, DistEnv())
     with Progress(1, "inference", "volumes"):
@@ -281,8 +292,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 # ---- train / submit ------------------------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> None:
-    from ctpipe.presets import preset_overrides
-    from ctpipe.runner import run_stage
+    from ctpipe.runner import run_stage  # lazy: pulls in the stages (~0.3 s at CLI start)
 
     overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
     result = run_stage(args.stage, Path(args.run_dir), overrides, args.config, args.force_resume,
@@ -293,9 +303,6 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _submit(args: argparse.Namespace) -> None:
-    from ctpipe.launch import Resources, submit_training, wait_all
-    from ctpipe.presets import preset_overrides
-
     res = Resources(timeout_min=args.timeout_min, nodes=args.nodes, tasks_per_node=args.tasks_per_node,
                     gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task)
     overrides = [*preset_overrides(args.preset, args.stage), *args.overrides]
@@ -304,8 +311,6 @@ def _submit(args: argparse.Namespace) -> None:
         print(f"submitted {args.stage} job {job.job_id}")
     if args.wait:
         if args.executor == "local":  # forward the jobs' log lines while waiting
-            from ctpipe.demo_common import follow_jobs
-
             follow_jobs(jobs, lambda line: print(line, flush=True), keep=lambda line: not line.startswith("submitit "))
         for result in wait_all(jobs):
             print(json.dumps(result.__dict__))
@@ -352,15 +357,13 @@ def _add_preset_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _presets(args: argparse.Namespace) -> None:
-    from ctpipe.presets import describe
-
-    print(describe())
+    print(describe_presets())
 
 
 # ---- submit pipeline -------------------------------------------------------------------------------------
 def _submit_pipeline(args: argparse.Namespace) -> None:
-    from ctpipe.launch import Resources
-    from ctpipe.pipeline import SynthSpec, plan_pipeline, submit_pipeline
+    # lazy: import cycle (pipeline's jobs call cli.main) and pipeline pulls in pandas and the data modules
+    from ctpipe.pipeline import plan_pipeline, submit_pipeline
 
     synth = SynthSpec(n=args.n_synth, n_pixels=args.synth_pixels, n_angles=args.synth_angles,
                       samples_per_file=args.synth_per_file, seed=args.seed)
@@ -375,8 +378,6 @@ def _submit_pipeline(args: argparse.Namespace) -> None:
 
 
 def _pipeline_parser() -> argparse.ArgumentParser:
-    from ctpipe.pipeline import FAMILIES
-
     p = argparse.ArgumentParser(
         prog="ctpipe submit pipeline",
         description="Submit a family's chain: (synthesize raw data) -> prep array -> training (an array per "
@@ -412,14 +413,14 @@ def _pipeline_parser() -> argparse.ArgumentParser:
 
 # ---- aggregate / demo ------------------------------------------------------------------------------------
 def _aggregate(args: argparse.Namespace) -> None:
-    from ctpipe.report import aggregate
+    from ctpipe.report import aggregate  # lazy: pandas costs ~0.2 s at CLI start
 
     for name, path in aggregate(Path(args.runs), Path(args.out)).items():
         print(f"{name}: {path}")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from ctpipe.demo import run_demo
+    from ctpipe.demo import run_demo  # lazy: the demo pulls in pandas and the data modules (~0.2 s)
 
     run_demo(Path(args.workdir), n=args.n, epochs=args.epochs)
 

@@ -230,6 +230,7 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = (), where: str = "config") -> T:
     """Merge overrides into ``data`` and validate it as ``cls`` (counts and schedule lengths included)."""
+    # lazy: import cycle (schedule_checks imports ConfigError from this module)
     from ctpipe.schedule_checks import check_schedule_lengths
 
     config = from_dict(cls, apply_overrides(data, overrides), where)

@@ -5,17 +5,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ctpipe.data.lodopab import prep_lodopab
+from ctpipe.data.synthetic import write_synthetic_lodopab
+from ctpipe.demo_common import DemoLog, follow_jobs, job_logs
+from ctpipe.launch import Resources, submit_training, wait_all
+from ctpipe.report import aggregate
+
 DEMO_NAME = "demo"
 
 
 def run_demo(workdir: Path, n: int = 400, epochs: int = 10, seed: int = 0) -> dict[str, Path]:
     """Run the main job end to end in ``workdir``; returns the output files (and prints them)."""
-    from ctpipe.data.lodopab import prep_lodopab
-    from ctpipe.data.synthetic import write_synthetic_lodopab
-    from ctpipe.demo_common import DemoLog, follow_jobs, job_logs
-    from ctpipe.launch import Resources, submit_training, wait_all
-    from ctpipe.report import aggregate
-
     start = time.monotonic()
     raw = workdir / "data" / DEMO_NAME / "raw"
     shards = workdir / "data" / DEMO_NAME / "shards"

@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ctpipe.data.nifti_pairs import prep_nifti_pairs
+from ctpipe.data.synthetic_phases import write_synthetic_phases
+from ctpipe.demo_common import DemoLog, heartbeat
+from ctpipe.infer_pix2pix import describe, infer_folder
+from ctpipe.report import aggregate
+from ctpipe.runner import configure_logging, run_stage
+from ctpipe.stages import get_stage
+from ctpipe.summaries import infer_folder_summary, prep_summary
+
 NAME = "demo_phases"
 
 
@@ -59,15 +68,6 @@ def versus_identity(means: dict[str, float]) -> str:
 
 def run_phases_demo(workdir: Path, size: PhasesDemoSize = PhasesDemoSize()) -> dict[str, Path]:
     """Run the pix2pix demo in ``workdir`` (data/, runs/, results/ below it); returns its output files."""
-    from ctpipe.data.nifti_pairs import prep_nifti_pairs
-    from ctpipe.data.synthetic_phases import write_synthetic_phases
-    from ctpipe.demo_common import DemoLog, heartbeat
-    from ctpipe.infer_pix2pix import describe, infer_folder
-    from ctpipe.report import aggregate
-    from ctpipe.runner import configure_logging, run_stage
-    from ctpipe.stages import get_stage
-    from ctpipe.summaries import infer_folder_summary, prep_summary
-
     start = time.monotonic()
     raw, shards = workdir / "data" / NAME / "raw", workdir / "data" / NAME / "shards"
     run_dir = workdir / "runs" / NAME / "pix2pix_phase" / "demo"

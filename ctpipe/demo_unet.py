@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
+
+from ctpipe.data.lodopab import prep_lodopab
+from ctpipe.data.synthetic import write_synthetic_lodopab
 from ctpipe.demo import DEMO_NAME
+from ctpipe.report import aggregate
+from ctpipe.runner import run_stage
 
 RUN_NAME = "small_unet"
 # A small but real UNet for 128^2 images: 4 scales, about 0.1 M parameters (the LoDoPaB default has 0.6 M).
@@ -34,9 +40,6 @@ def _say(message: str) -> None:
 
 def ensure_demo_shards(workdir: Path, n: int = 400, seed: int = 0) -> Path:
     """The demo's shard set under ``workdir``; synthesized and prepped (as ``make demo`` does) when missing."""
-    from ctpipe.data.lodopab import prep_lodopab
-    from ctpipe.data.synthetic import write_synthetic_lodopab
-
     raw = workdir / "data" / DEMO_NAME / "raw"
     shards = workdir / "data" / DEMO_NAME / "shards"
     if (shards / "manifest.json").exists():
@@ -51,11 +54,6 @@ def ensure_demo_shards(workdir: Path, n: int = 400, seed: int = 0) -> Path:
 
 def run_demo_unet(workdir: Path, epochs: int = 6, segments: int = 2, n: int = 400) -> dict[str, Path]:
     """Train experiment 4 on the demo data in ``segments`` resumed calls, then aggregate; returns the outputs."""
-    import pandas as pd
-
-    from ctpipe.report import aggregate
-    from ctpipe.runner import run_stage
-
     start = time.monotonic()
     shards = ensure_demo_shards(workdir, n=n)
     runs = workdir / "runs" / DEMO_NAME / "fbp_unet"

@@ -25,6 +25,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+
+from ctpipe.atomic import atomic_path
+from ctpipe.data.drr_prep import prep_drr
+from ctpipe.data.synthetic_ct import write_synthetic_ct
+from ctpipe.intensity import XRAY2CT_HU_WINDOW
+from ctpipe.report import aggregate
+from ctpipe.runner import run_stage
 
 TARGET_MARGIN_DB = 3.0
 DEMO_NAME = "demo"
@@ -56,9 +64,6 @@ def _say(message: str) -> None:
 
 def make_shards(workdir: Path, settings: DemoSettings) -> Path:
     """Synthesize the cohort and prep it (both skipped when already done, as the prep is idempotent)."""
-    from ctpipe.data.drr_prep import prep_drr
-    from ctpipe.data.synthetic_ct import write_synthetic_ct
-
     raw = workdir / "data" / DEMO_NAME / "xray2ct" / "ct"
     shards = workdir / "data" / DEMO_NAME / "xray2ct" / "shards"
     if not (raw.is_dir() and len(list(raw.glob("ct_*.nii.gz"))) == settings.n):
@@ -84,8 +89,6 @@ def _common_overrides(shards: Path, settings: DemoSettings, epochs: int) -> list
 
 def run_models(shards: Path, runs: Path, settings: DemoSettings) -> dict[str, str]:
     """Train and evaluate the ViT and the lift model; returns ``{run name: status}``."""
-    from ctpipe.runner import run_stage
-
     plans = {
         "lift": [*_common_overrides(shards, settings, settings.lift_epochs), "experiment=stage1_lift_cpu",
                  "model.architecture=lift", f"model.preset={settings.lift_preset}", "loss.l1=0.0", "loss.mse=1.0",
@@ -108,10 +111,10 @@ def run_models(shards: Path, runs: Path, settings: DemoSettings) -> dict[str, st
 def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[float]) -> Path | None:
     """Orthogonal mid slices (sagittal, coronal, axial; HU) of the first ``split`` patient: target, the
     baselines and each run's model, one row each."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     rows: dict[str, np.ndarray] = {}
     for run in sorted(p for p in runs.iterdir() if (p / "eval" / split / "examples.npz").is_file()):
@@ -138,8 +141,6 @@ def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[floa
     fig.suptitle(f"X-ray -> CT demo, {split} split, first patient (PSNR[range=1]; HU window [{low:g}, {high:g}])",
                  fontsize=8)
     fig.tight_layout()
-    from ctpipe.atomic import atomic_path
-
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
@@ -149,8 +150,6 @@ def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[floa
 def verdict(summary_csv: Path, split: str = "test") -> tuple[float, str, str]:
     """``(margin, best model, best baseline)`` on ``split``: the best trained model's PSNR[range=1] minus the better
     of mean_volume and nearest_xray."""
-    import pandas as pd
-
     summary = pd.read_csv(summary_csv)
     rows = summary[summary.split == split]
     models = rows[rows.experiment != "baseline"]
@@ -163,11 +162,6 @@ def verdict(summary_csv: Path, split: str = "test") -> tuple[float, str, str]:
 
 
 def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> dict[str, Path]:
-    import pandas as pd
-
-    from ctpipe.intensity import XRAY2CT_HU_WINDOW
-    from ctpipe.report import aggregate
-
     start = time.monotonic()
     shards = make_shards(workdir, settings)
     _say(f"data ready in {time.monotonic() - start:.0f} s")

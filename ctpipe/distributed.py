@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from submitit.helpers import TorchDistributedEnvironment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,6 @@ def detect_env() -> DistEnv:
     if "RANK" in env and "WORLD_SIZE" in env and "MASTER_ADDR" in env:
         return DistEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun")
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        from submitit.helpers import TorchDistributedEnvironment
-
         tde = TorchDistributedEnvironment().export(overwrite=True)
         return DistEnv(tde.rank, tde.world_size, tde.local_rank, "slurm")
     return DistEnv()

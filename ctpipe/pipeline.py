@@ -15,75 +15,31 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
 from submitit.helpers import Checkpointable
 
 from ctpipe.atomic import atomic_write_json
+from ctpipe.cli import main
+from ctpipe.data.drr_prep import list_ct_files
+from ctpipe.data.lodopab import inspect_lodopab, prep_lodopab
+from ctpipe.data.nifti_pairs import find_pairs
+from ctpipe.data.synthetic import write_synthetic_lodopab
+from ctpipe.data.synthetic_ct import write_synthetic_ct
+from ctpipe.data.synthetic_phases import write_synthetic_phases
+from ctpipe.demo_common import follow_jobs
 from ctpipe.launch import ExecutorKind, Resources, make_executor, submit_training, wait_all
+from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.paths import data_root, results_root, runs_root
+from ctpipe.pipeline_families import FAMILIES, Family, SynthSpec, TrainStep
+from ctpipe.presets import preset_overrides
+from ctpipe.report import aggregate
 
 PIPELINE_FILE = "pipeline.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainStep:
-    """One training job of a family's chain: ``stage`` trained in ``runs/<name>/<key>``.
-
-    ``uses``: (override key, step key) pairs; the override is set to that step's ``checkpoints/best.pt`` and
-    the job starts only after that step succeeded (``afterok``); ``extra``: fixed overrides of this step."""
-
-    key: str
-    stage: str
-    uses: tuple[tuple[str, str], ...] = ()
-    extra: tuple[str, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Family:
-    """A data family: its stages, the ones a pipeline trains by default, and the chain's training steps."""
-
-    name: str
-    stages: tuple[str, ...]
-    default_stages: tuple[str, ...]
-    steps: tuple[TrainStep, ...] = ()
-
-
-FAMILIES: dict[str, Family] = {
-    # the source experiments' order: learned window (exp. 1) -> UNet on the frozen learned window, beside the
-    # UNet on the Hann-0.641 FBP (exp. 4)
-    "lodopab": Family("lodopab", stages=("fbp_window", "fbp_unet"), default_stages=("fbp_window",), steps=(
-        TrainStep("fbp_window", "fbp_window"),
-        # one job trains the whole run (the packaged segments are for RESUBMIT=1 sbatch chains)
-        TrainStep("fbp_unet/learned_window", "fbp_unet", uses=(("model.window_checkpoint", "fbp_window"),),
-                  extra=("train.segment_epochs=null",)),
-        TrainStep("fbp_unet/hann", "fbp_unet", extra=("train.segment_epochs=null",)),
-    )),
-    "xray2ct": Family("xray2ct", stages=("stage1_64", "refine_256", "direct_256"),
-                      default_stages=("stage1_64", "refine_256", "direct_256"), steps=(
-        TrainStep("stage1_64", "stage1_64"),
-        TrainStep("refine_256", "refine_256", uses=(("stage1_checkpoint", "stage1_64"),)),
-        TrainStep("direct_256", "direct_256", uses=(("init_from_stage1", "stage1_64"),)),
-    )),
-    "phases": Family("phases", stages=("pix2pix_phase",), default_stages=("pix2pix_phase",),
-                     steps=(TrainStep("pix2pix_phase", "pix2pix_phase"),)),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class SynthSpec:
-    """Small synthetic raw data in the family's layout, for running the pipeline without the real data.
-
-    lodopab: ``n`` slices (80/10/10), geometry ``lodopab().scaled(n_pixels, n_angles)``, ``samples_per_file``
-    per raw file pair; xray2ct: ``n`` CT volumes of ``n_pixels``^3 (NIfTI, HU); phases: ``n`` training patients
-    plus 2 test patients (trainA/B, testA/B), ``n_pixels``^2 x 16 slices."""
-
-    n: int = 64
-    n_pixels: int = 64
-    n_angles: int = 60
-    samples_per_file: int = 16
-    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +94,6 @@ class PrepLodopabJob(Checkpointable):
         self.src, self.out, self.n_tasks = str(src), str(out), n_tasks
 
     def __call__(self, task_index: int) -> dict[str, Any]:
-        from ctpipe.data.lodopab import prep_lodopab
-
         result = prep_lodopab(self.src, self.out, task_index=task_index, n_tasks=self.n_tasks, progress=False)
         return {"task": task_index, "written": list(result.written), "skipped": list(result.skipped),
                 "n_shards": result.n_shards, "manifest": None if result.manifest is None else str(result.manifest)}
@@ -154,8 +108,6 @@ class PrepCliJob(Checkpointable):
         self.argv, self.n_tasks = [str(a) for a in argv], n_tasks
 
     def __call__(self, task_index: int) -> dict[str, Any]:
-        from ctpipe.cli import main
-
         main([*self.argv, "--task-index", str(task_index), "--n-tasks", str(self.n_tasks)])
         return {"task": task_index, "argv": self.argv}
 
@@ -167,8 +119,6 @@ class AggregateJob(Checkpointable):
         self.runs, self.out = str(runs), str(out)
 
     def __call__(self) -> dict[str, str]:
-        from ctpipe.report import aggregate
-
         return {name: str(path) for name, path in aggregate(self.runs, self.out).items()}
 
 
@@ -181,10 +131,6 @@ class InferXray2CTJob(Checkpointable):
         self.runs, self.shards, self.out, self.refine = str(runs), str(shards), str(out), refine
 
     def __call__(self) -> dict[str, Any]:
-        import pandas as pd
-
-        from ctpipe.cli import main
-
         stage1 = Path(self.runs) / "stage1_64"
         evaluated = [stage1 / "eval" / split / "stage1_64.csv" for split in ("test", "validation")]
         rows = pd.read_csv(next((p for p in evaluated if p.is_file()), evaluated[0]))
@@ -205,8 +151,6 @@ class InferPhasesJob(Checkpointable):
         self.checkpoint, self.raw, self.out = str(checkpoint), str(raw), str(out)
 
     def __call__(self) -> dict[str, Any]:
-        from ctpipe.cli import main
-
         main(["infer", "pix2pix", "--checkpoint", self.checkpoint, "--input-dir", str(Path(self.raw) / "testA"),
               "--target-dir", str(Path(self.raw) / "testB"), "--out-dir", self.out, "--device", "cpu"])
         return {"out": self.out}
@@ -224,8 +168,6 @@ def plan_pipeline(family: str, name: str | None = None, src: str | Path | None =
                   sweep: Sequence[str] = (), prep_tasks: int = 8, shards: str | Path | None = None,
                   preset: str | None = None) -> PipelinePlan:
     """Resolve folders and stages. Without ``src`` the raw data is synthesized (``synth``) into data/<name>/raw."""
-    from ctpipe.presets import preset_overrides
-
     fam = get_family(family)
     name = name or fam.name
     chosen = tuple(stages) if stages else fam.default_stages
@@ -260,19 +202,12 @@ def synthesize_raw(plan: PipelinePlan) -> None:
     assert plan.synth is not None
     spec = plan.synth
     if plan.family == "lodopab":
-        from ctpipe.data.synthetic import write_synthetic_lodopab
-        from ctpipe.ops.geometry import ParallelBeamGeometry
-
         geometry = ParallelBeamGeometry.lodopab().scaled(spec.n_pixels, spec.n_angles)
         write_synthetic_lodopab(plan.raw, n=spec.n, size="small", seed=spec.seed,
                                 samples_per_file=spec.samples_per_file, geometry=geometry, progress=False)
     elif plan.family == "xray2ct":
-        from ctpipe.data.synthetic_ct import write_synthetic_ct
-
         write_synthetic_ct(plan.raw, spec.n, size=spec.n_pixels, spacing_mm=320.0 / spec.n_pixels, seed=spec.seed)
     else:
-        from ctpipe.data.synthetic_phases import write_synthetic_phases
-
         write_synthetic_phases(plan.raw, spec.n, size=spec.n_pixels, n_slices=16, seed=spec.seed)
         write_synthetic_phases(plan.raw, 2, size=spec.n_pixels, n_slices=16, seed=spec.seed + 1, subset="test")
 
@@ -292,16 +227,10 @@ def _prep_argv(plan: PipelinePlan) -> list[str]:
 def count_prep_tasks(plan: PipelinePlan) -> int:
     """Array size: one task per raw file group at most (reads only the raw files' names/metadata)."""
     if plan.family == "xray2ct":
-        from ctpipe.data.drr_prep import list_ct_files
-
         groups = len(list_ct_files(plan.raw))
     elif plan.family == "phases":
-        from ctpipe.data.nifti_pairs import find_pairs
-
         groups = len(find_pairs(plan.raw))
     else:
-        from ctpipe.data.lodopab import inspect_lodopab
-
         groups = len(inspect_lodopab(plan.raw).pairs)
     return max(1, min(plan.prep_tasks, groups))
 
@@ -314,9 +243,6 @@ def _step_resources(name: str, cpus: int, timeout_min: int) -> Resources:
 def max_array_size(scontrol_config: str | None = None) -> int | None:
     """The cluster's ``MaxArraySize`` (array indices must stay below it) from ``scontrol show config``; None when
     scontrol is missing or does not say."""
-    import re
-    import subprocess
-
     if scontrol_config is None:
         try:
             scontrol_config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True,
@@ -351,8 +277,6 @@ def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int
 def _wait(jobs: Sequence[Any], executor_kind: str, say: Callable[[str], None]) -> None:
     """Wait for ``jobs``; local jobs' log lines are forwarded meanwhile (never silent for more than 30 s)."""
     if executor_kind == "local":
-        from ctpipe.demo_common import follow_jobs
-
         follow_jobs(jobs, say, keep=lambda line: not line.startswith("submitit "))
     wait_all(jobs)
 
@@ -366,8 +290,6 @@ def submit_pipeline(plan: PipelinePlan, executor_kind: ExecutorKind = "local",
     raises with the failing job's log tail; slurm: returns once all jobs are queued (each with ``afterok`` on
     the jobs it needs and ``--kill-on-invalid-dep=yes``, so a failed step cancels everything after it).
     """
-    from ctpipe.presets import preset_overrides
-
     ordered = executor_kind != "slurm"
     if plan.synth is not None:
         say(f"synthesizing {plan.synth.n} {plan.family} samples ({plan.synth.n_pixels} px) in {plan.raw}")

@@ -15,6 +15,8 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 
+from tqdm import tqdm
+
 LOG_INTERVAL_S = 30.0
 MODE_ENV = "CTPIPE_PROGRESS"
 MODES = ("bar", "log", "off")
@@ -80,8 +82,6 @@ class Progress:
         self._thread: threading.Thread | None = None
         self._bar = None
         if self.mode == "bar":
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total, desc=desc, unit=singular(unit), file=self.stream)
         elif self.mode == "log":
             self._write(status_line(desc, 0, total, unit, 0.0))

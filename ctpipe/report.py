@@ -209,10 +209,10 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
     """A grid of example slices: target and every model's prediction, with per-image PSNR."""
-    import matplotlib  # heavy and only needed for figures: imported when one is drawn
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     npz = run.run_dir / "eval" / split / "examples.npz"
     if not npz.exists():
@@ -248,10 +248,10 @@ def _middle_slice(arr: np.ndarray) -> np.ndarray:
 
 
 def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | None:
-    import matplotlib  # heavy and only needed for figures: imported when one is drawn
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     if summary.empty or column not in summary:
         return None

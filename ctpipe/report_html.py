@@ -57,10 +57,10 @@ FALLBACK_WINDOW = DisplayWindow("full range of each target slice")
 
 # ---- figures ---------------------------------------------------------------------------------------------------
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     return plt
 

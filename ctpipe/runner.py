@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from ctpipe.paths import stage_configs_dir
 from ctpipe.runlock import RunLock, RunLockedError
 from ctpipe.stages import get_stage
 from ctpipe.checkpoint import archive_run
+from ctpipe.data import shards as sh
+from ctpipe.data.datasets import check_split_names
+from ctpipe.data.shards import read_manifest, shard_set_identity
 from ctpipe.train import (ConfigMismatchError, FitResult, NonFiniteLossError, RunSettings, StopFlag, Trainer,
                           configure_determinism, seed_everything)
 
@@ -126,8 +130,6 @@ PREP_COMMAND: dict[str, str] = {"lodopab": "ctpipe prep lodopab", "nifti_pairs":
 
 def check_data_kind(stage: str, root: str | Path) -> None:
     """Refuse a shard set of another family (e.g. a pix2pix set given to fbp_window), naming its path."""
-    from ctpipe.data.shards import read_manifest
-
     attrs = read_manifest(root).attrs
     have, want = attrs.get("kind") or attrs.get("dataset"), STAGE_DATA_KIND.get(stage)
     if have is None or want is None or have == want:
@@ -142,8 +144,6 @@ def check_data(cfg: Any) -> None:
     root = getattr(data, "root", None)
     if root is None:
         return
-    from ctpipe.data.datasets import check_split_names
-
     check_data_kind(getattr(cfg, "stage", ""), root)
 
     names = {f"data.{option}": getattr(data, option) for option in ("train_split", "val_split", "test_split")
@@ -193,8 +193,6 @@ def verify_data(cfg: Any, run_dir: Path, env: Any, write_stamp: bool = True) -> 
     root = getattr(getattr(cfg, "data", None), "root", None)
     if root is None or os.environ.get("CTPIPE_VERIFY_SHARDS", "1") == "0":
         return []
-    from ctpipe.data import shards as sh
-
     manifest = sh.read_manifest(root)
     stamp_path = run_dir / "shards_verified.json"
     stamp = sh.read_verify_stamp(stamp_path, manifest)
@@ -217,8 +215,6 @@ def verify_data(cfg: Any, run_dir: Path, env: Any, write_stamp: bool = True) -> 
 def stamp_verified(cfg: Any, run_dir: Path, env: Any, checks: Sequence[Any]) -> None:
     """Rank 0 records freshly hashed shards that matched in ``RUN/shards_verified.json``."""
     if env.is_main and any(c.hashed for c in checks):
-        from ctpipe.data import shards as sh
-
         sh.write_verify_stamp(run_dir / "shards_verified.json", sh.read_manifest(cfg.data.root), checks)
 
 
@@ -227,8 +223,6 @@ def add_data_identity(task: Any, cfg: Any) -> None:
     root = getattr(getattr(cfg, "data", None), "root", None)
     if root is None:
         return
-    from ctpipe.data.shards import shard_set_identity
-
     task.fingerprint = {**task.fingerprint, "data": shard_set_identity(root)}
 
 
@@ -296,8 +290,6 @@ def _archive_for_restart(run_dir: Path, env: Any) -> None:
 
 def startup_line(stage: str, env: Any, device: torch.device, amp: str) -> str:
     """One line per rank before training: where it runs and on what (so a CPU fallback is visible in the log)."""
-    import socket
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return (f"start {stage}: host={socket.gethostname()} rank={env.rank}/{env.world_size} "
             f"local_rank={env.local_rank} device={device} ({name}) amp={amp}")

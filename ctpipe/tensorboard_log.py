@@ -22,7 +22,7 @@ INSTALL_HINT = ("train.tensorboard=true needs the tensorboard package: pip insta
 
 def _summary_writer_class() -> Any:
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: optional; tensorboard is heavy and may be absent
     except ImportError as err:  # torch's module imports the tensorboard package
         raise ConfigError(f"{INSTALL_HINT} ({err})") from None
     return SummaryWriter

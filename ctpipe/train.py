@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from ctpipe import checkpoint as ckpt
 from ctpipe import distributed as dist_utils
@@ -472,6 +473,4 @@ class Trainer:
 
 
 def _progress(enabled: bool, **kwargs: Any) -> Any:
-    from tqdm import tqdm
-
     return tqdm(disable=not enabled, leave=False, **kwargs)

@@ -243,10 +243,10 @@ def volume_metrics(pred: Tensor, target: Tensor, hu_window: Sequence[float] = XR
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
                                 hu_window: Sequence[float] = XRAY2CT_HU_WINDOW) -> Path:
     """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
-    import matplotlib  # heavy and only needed for figures: imported when one is drawn
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: see above
 
     low, high = float(hu_window[0]), float(hu_window[1])
     fig, axes = plt.subplots(2, 3, figsize=(8.4, 5.8), squeeze=False)
