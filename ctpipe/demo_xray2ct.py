@@ -62,10 +62,16 @@ def _say(message: str) -> None:
     print(f"[ctpipe demo-xray2ct] {message}", flush=True)
 
 
+def cohort_name(settings: DemoSettings) -> str:
+    """The folder name of a cohort: its data and the runs trained on it never mix with another cohort's."""
+    return (f"n{settings.n}_seed{settings.seed}_ct{settings.ct_size}_xray{settings.xray_size}_"
+            f"vol{settings.volume_size}")
+
+
 def make_shards(workdir: Path, settings: DemoSettings) -> Path:
     """Synthesize the cohort and prep it (both skipped when already done, as the prep is idempotent)."""
-    raw = workdir / "data" / DEMO_NAME / "xray2ct" / "ct"
-    shards = workdir / "data" / DEMO_NAME / "xray2ct" / "shards"
+    cohort = workdir / "data" / DEMO_NAME / "xray2ct" / cohort_name(settings)
+    raw, shards = cohort / "ct", cohort / "shards"
     if not (raw.is_dir() and len(list(raw.glob("ct_*.nii.gz"))) == settings.n):
         _say(f"synthesizing {settings.n} chest CTs ({settings.ct_size}^3, seed {settings.seed}) in {raw}")
         write_synthetic_ct(raw, settings.n, size=settings.ct_size, spacing_mm=320.0 / settings.ct_size,
@@ -165,7 +171,7 @@ def run_demo(workdir: Path, settings: DemoSettings = DemoSettings()) -> dict[str
     start = time.monotonic()
     shards = make_shards(workdir, settings)
     _say(f"data ready in {time.monotonic() - start:.0f} s")
-    runs = workdir / "runs" / DEMO_NAME / "xray2ct"
+    runs = workdir / "runs" / DEMO_NAME / "xray2ct" / cohort_name(settings)
     results = workdir / "results" / DEMO_NAME / "xray2ct"
     run_models(shards, runs, settings)
     outputs = aggregate(runs, results)

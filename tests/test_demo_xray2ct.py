@@ -31,3 +31,18 @@ def test_demo_pipeline_at_reduced_size(tmp_path: Path) -> None:
     assert margin == pytest.approx(test[test.experiment == model][MARGIN].max(), abs=1e-3)
     for name in ("slices_test", "slices_validation"):
         assert outputs[name].is_file() and outputs[name].stat().st_size > 10_000
+
+
+def test_another_cohort_in_the_same_workdir_gets_its_own_data_and_runs(tmp_path: Path) -> None:
+    """Re-running the demo with another cohort (here another seed) must not resume the first cohort's runs
+    (that is refused: other data) nor reuse its CT volumes."""
+    from ctpipe.demo_xray2ct import cohort_name, make_shards
+
+    first = DemoSettings(n=4, seed=0, ct_size=32, xray_size=32, volume_size=16)
+    second = dataclasses.replace(first, seed=1)
+    assert cohort_name(first) != cohort_name(second)
+    shards = [make_shards(tmp_path, s) for s in (first, second)]
+    assert shards[0] != shards[1]
+    volumes = [sorted((s.parent / "ct").glob("ct_*.nii.gz")) for s in shards]
+    assert len(volumes[0]) == len(volumes[1]) == 4
+    assert volumes[0][0].read_bytes() != volumes[1][0].read_bytes()  # seed 1 is really another cohort
