@@ -128,8 +128,11 @@ def run_checkpoint(state: Mapping[str, Any], path: str | Path) -> RunCheckpoint:
     )
 
 
-def read_run_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> RunCheckpoint:
-    """Load ``path`` (safely, see :func:`load_checkpoint`) and return its typed view."""
+def read_run_checkpoint(path: str | Path | RunCheckpoint, map_location: str | torch.device = "cpu") -> RunCheckpoint:
+    """Load ``path`` (safely, see :func:`load_checkpoint`) and return its typed view; a view already read is
+    returned as it is (a caller that read the checkpoint to learn its stage does not load it twice)."""
+    if isinstance(path, RunCheckpoint):
+        return path
     return run_checkpoint(load_checkpoint(path, map_location), path)
 
 

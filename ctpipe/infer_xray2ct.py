@@ -139,7 +139,8 @@ def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, re
                         device: torch.device | str = "cpu") -> tuple[np.ndarray, tuple[float, float], str]:
     """``(volume in [0, 1] (s, s, s), hu_window, model name)`` for one ``(2, n, n)`` X-ray pair."""
     device = torch.device(device)
-    stage = read_run_checkpoint(checkpoint).stage
+    run = read_run_checkpoint(checkpoint)  # read once: its stage picks the loader, which takes the same view
+    stage = run.stage
     if stage not in INPUT_STAGES:
         hint = " (a refine_256 checkpoint goes with --refine, next to a stage1_64 --checkpoint)" \
             if stage == "refine_256" else ""
@@ -147,7 +148,7 @@ def predict_unit_volume(checkpoint: str | os.PathLike[str], xray: np.ndarray, re
                              f"takes a {' or '.join(INPUT_STAGES)} run's checkpoints/best.pt{hint}")
     if stage == "direct_256" and refine is not None:
         raise ValueError("--refine applies to stage1_64 checkpoints, not to a direct_256 one")
-    model = get_stage(stage).load_trained(checkpoint, device)
+    model = get_stage(stage).load_trained(run, device)
     volume = model(torch.from_numpy(np.ascontiguousarray(xray))[None].to(device))
     if refine is None:
         return volume[0, 0].cpu().numpy(), model.hu_window, stage

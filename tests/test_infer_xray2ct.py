@@ -97,3 +97,21 @@ def test_nan_or_out_of_range_xrays_and_a_wrong_checkpoint_are_refused(trained, t
         assert result.returncode == 2 and "Traceback" not in result.stderr, (name, result.stderr[-2000:])
         assert all(f in result.stderr for f in fragments), (name, result.stderr)
         assert not out.exists() and not list(tmp_path.glob(f".{name}*"))
+
+
+def test_each_checkpoint_is_read_once(trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage is learnt from the checkpoint and the same read view goes to the stage's loader: a full-size
+    stage-1 checkpoint is 176 MiB, so reading it a second time would double the start-up I/O."""
+    import ctpipe.checkpoint as checkpoint
+
+    shards, stage1, refine = trained
+    reads: list[Path] = []
+    real = checkpoint.load_checkpoint
+
+    def counting(path, *args, **kwargs):  # the real loader, counted
+        reads.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counting)
+    infer_xray2ct(stage1, shards, tmp_path / "vol.nii.gz", refine=refine, sample_id="ct_0001")
+    assert sorted(reads) == sorted([Path(stage1), Path(refine)])

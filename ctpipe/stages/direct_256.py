@@ -17,7 +17,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
@@ -86,7 +86,7 @@ def build_model(cfg: Direct256StageConfig, shape: Mapping[str, Any]) -> XRay2CTP
     return XRay2CTProgressive(resolve_direct_network(cfg.model, shape["output_size"], cfg.train.gradient_checkpointing))
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+def load_trained(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu") -> TrainedVolumeModel:
     """The network of a ``direct_256`` checkpoint (X-rays ``(B, 2, n, n)`` -> its trained grid), frozen."""
     run = read_run_checkpoint(checkpoint)
     run.require_stage(STAGE)

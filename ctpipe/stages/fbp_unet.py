@@ -23,7 +23,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.losses import CompositeLoss, LossWeights
@@ -121,7 +121,7 @@ def build_model(cfg: FBPUNetConfig, shape: Mapping[str, Any]) -> dict[str, nn.Mo
     return {"fbp": fbp, "unet": PostProcessingUNet(build_unet_config(cfg.model))}
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> nn.Sequential:
+def load_trained(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu") -> nn.Sequential:
     """FBP followed by the UNet of an ``fbp_unet`` checkpoint (geometry from its run's shard set), eval mode."""
     run = read_run_checkpoint(checkpoint)
     run.require_stage(STAGE)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import nn
 
-from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv
 from ctpipe.models.learnable_fbp import LearnableFBP
@@ -55,7 +55,7 @@ def build_model(cfg: FBPWindowConfig, shape: Mapping[str, Any]) -> LearnableFBP:
     return LearnableFBP(shape["geometry"], build_window(cfg.model), padding=cfg.model.padding)
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> LearnableFBP:
+def load_trained(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu") -> LearnableFBP:
     """The learned FBP of an ``fbp_window`` checkpoint (geometry from its run's shard set), eval mode."""
     run = read_run_checkpoint(checkpoint)
     run.require_stage(STAGE)

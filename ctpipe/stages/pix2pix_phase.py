@@ -280,7 +280,7 @@ def build_model(cfg: Pix2PixPhaseConfig, shape: Mapping[str, Any]) -> dict[str, 
     return {"G": build_generator(cfg.model, shape["slice_shape"], where), "D": build_discriminator(cfg.model)}
 
 
-def load_trained_generator(checkpoint: str | Path, device: torch.device | str = "cpu",
+def load_trained_generator(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu",
                            data_root: str | Path | None = None) -> TrainedGenerator:
     """Rebuild the generator of a ``pix2pix_phase`` checkpoint (best.pt, latest.pt, epoch_NNN.pt).
 

@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.data.shards import sha256_file
 from ctpipe.distributed import DistEnv, ddp_find_unused
@@ -99,7 +99,7 @@ def build_model(cfg: Refine256StageConfig, shape: Mapping[str, Any]) -> Residual
     return model
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+def load_trained(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu") -> TrainedVolumeModel:
     """The refiner of a ``refine_256`` checkpoint: stage-1 volume ``(B, 1, s, s, s)`` -> the trained grid."""
     run = read_run_checkpoint(checkpoint)
     run.require_stage(STAGE)

@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from ctpipe.checkpoint import read_run_checkpoint
+from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
@@ -71,7 +71,7 @@ def build_model(cfg: Stage1Config, shape: Mapping[str, Any]) -> Stage1Net:
     return Stage1Net(network, n_aux=len(cfg.loss.scale_weights) - 1)
 
 
-def load_trained(checkpoint: str | Path, device: torch.device | str = "cpu") -> TrainedVolumeModel:
+def load_trained(checkpoint: str | Path | RunCheckpoint, device: torch.device | str = "cpu") -> TrainedVolumeModel:
     """The trained network of a ``stage1_64`` checkpoint (X-rays ``(B, 2, n, n)`` -> its grid), frozen."""
     run = read_run_checkpoint(checkpoint)
     run.require_stage(STAGE)
