@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 from torch import Tensor, nn
 
@@ -18,7 +16,7 @@ class Stage1Net(nn.Module):
     """:class:`XRay2CT64` (as ``net``) plus ``n_aux`` sigmoid heads on the last decoder stages before the output.
 
     ``forward`` returns ``{edge: (B, 1, s, s, s)}`` for every supervised scale; the final output equals
-    ``net(xray)`` exactly. The checkpoint keys of the backbone are ``net.*`` (see :func:`stage1_state`)."""
+    ``net(xray)`` exactly. The checkpoint keys of the backbone are ``net.*``."""
 
     def __init__(self, config: Stage1Network, n_aux: int = 0) -> None:
         super().__init__()
@@ -49,8 +47,3 @@ class Stage1Net(nn.Module):
                 outputs[x.shape[-1]] = torch.sigmoid(self.aux[index - first](x))
         outputs[size] = torch.sigmoid(decoder.head(x))
         return outputs
-
-
-def stage1_state(models_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The backbone's state dict inside a Stage1Net state dict (``net.`` prefix removed)."""
-    return {k[len("net."):]: v for k, v in models_state.items() if k.startswith("net.")}

@@ -44,22 +44,18 @@ from ctpipe.metrics import (
     ssim,
     ssim2d_x2ct,
 )
-from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCT, LiftCTConfig
+from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCTConfig
 from ctpipe.models.stage1_net import Stage1Network
-from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CT64, XRay2CTConfig
+from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CTConfig
 from ctpipe.stages.base import Evaluation, MetricFn, OncePerBatch, Predictor
 from ctpipe.task import Stepper
 
 log = logging.getLogger(__name__)
 
 XRAY_FIELD = "xray"
-FOV_FIELD = "fov_mm"
-SPLITS = ("validation", "test")
 
 STAGE1_PRESETS: dict[str, XRay2CTConfig] = {"default": XRay2CTConfig(), "tiny": XRAY2CT_TINY}
 LIFT_PRESETS: dict[str, LiftCTConfig] = {"default": LiftCTConfig(), "cpu": LIFT_CPU, "tiny": LIFT_TINY}
-# The stage-1 networks, by ``model.architecture`` (an explicit dict, no registry).
-STAGE1_MODELS: dict[str, type[nn.Module]] = {"vit": XRay2CT64, "lift": LiftCT}
 
 
 # ---- configuration ---------------------------------------------------------------------------------------
@@ -129,12 +125,6 @@ def preset_or_custom(preset: str, custom: Any, presets: Mapping[str, Any], field
         raise ConfigError(f"model.{field} is only used with model.preset='custom' (preset is {preset!r}); "
                           f"remove model.{field} or set model.preset=custom")
     return presets[preset]
-
-
-def build_stage1_network(network: Stage1Network) -> nn.Module:
-    """The stage-1 network for a resolved config (:data:`STAGE1_MODELS`)."""
-    architecture = "lift" if isinstance(network, LiftCTConfig) else "vit"
-    return STAGE1_MODELS[architecture](network)
 
 
 # ---- data ------------------------------------------------------------------------------------------------
