@@ -88,9 +88,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) or dataclasses.is_dataclass(origin):  # plain, or generic such as Choice[Net]
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected an object with keys {_field_names(tp)}, got {value!r}")
+            raise ConfigError(f"{where}: expected an object with keys {_field_names(origin or tp)}, got {value!r}")
         return from_dict(tp, value, where)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
@@ -104,6 +104,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as err:
                 errors.append(str(err))
+        if len(errors) == 1:  # an optional section (X | None): X's own error says what is wrong
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} matches none of {[_type_name(o) for o in options]}")
     if origin is Literal:
         allowed = get_args(tp)
@@ -147,13 +149,31 @@ def _field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+def _bind(tp: Any, bindings: Mapping[Any, Any]) -> Any:
+    """``tp`` with the type variables of a generic dataclass replaced by the arguments it was used with."""
+    if isinstance(tp, TypeVar):
+        return bindings.get(tp, tp)
+    parameters = getattr(tp, "__parameters__", ())
+    return tp[tuple(bindings.get(p, p) for p in parameters)] if parameters else tp
+
+
+def _field_types(cls: Any) -> tuple[type, dict[str, Any]]:
+    """The dataclass behind ``cls`` and its field types; a generic alias (``Choice[Net]``) binds its arguments."""
+    origin = get_origin(cls)
+    if origin is None:
+        return cls, get_type_hints(cls)
+    bindings = dict(zip(origin.__parameters__, get_args(cls)))
+    return origin, {name: _bind(tp, bindings) for name, tp in get_type_hints(origin).items()}
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
-    """Build the frozen dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    """Build the frozen dataclass ``cls`` (or a generic one with its arguments, ``Choice[Net]``) from ``data``;
+    unknown keys and wrong types raise ConfigError."""
+    cls, hints = _field_types(cls)
     names = _field_names(cls)
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; valid keys are {names}")
-    hints = get_type_hints(cls)
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name in data:
@@ -165,7 +185,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
             kwargs[field.name] = _coerce(value, hints[field.name], f"{where}.{field.name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing required key {field.name!r}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a config class's own check (__post_init__) of values that do not fit together
+        raise ConfigError(f"{where}: {err}") from err
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

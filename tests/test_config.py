@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from ctpipe.config import ConfigError, DataConfig, apply_overrides, build_config, from_dict, load_json, to_dict
+from ctpipe.models.residual_upsampler3d import ResidualUpsampler3DConfig
+from ctpipe.models.xray2ct_progressive import XRay2CTProgressiveConfig
 from ctpipe.runner import stage_config_path
 from ctpipe.stages import STAGES, get_stage
 from ctpipe.stages.fbp_window import FBPWindowConfig
@@ -80,6 +82,24 @@ def test_partial_section_keeps_the_stage_defaults():
     # FBPWindowConfig's optimizer default is lr=1e-2, not OptimConfig's generic 1e-3
     cfg = build_config(FBPWindowConfig, {"optim": {"name": "adamw"}})
     assert cfg.optim.name == "adamw" and cfg.optim.lr == 1e-2
+
+
+def test_a_generic_section_builds_the_network_config_it_names():
+    # direct_256's model is NetworkChoice[XRay2CTProgressiveConfig]: ``network`` must build that class
+    direct, refine = get_stage("direct_256").config_cls, get_stage("refine_256").config_cls
+    cfg = build_config(direct, {}, ["model.preset=custom", "model.network.output_size=128",
+                                    "model.network.decoder_channels=[8,8,8,4]"])
+    assert type(cfg.model.network) is XRay2CTProgressiveConfig and cfg.model.network.output_size == 128
+    assert from_dict(direct, to_dict(cfg)) == cfg
+    cfg = build_config(refine, {}, ["model.preset=custom", "model.network.input_size=16"])
+    assert type(cfg.model.network) is ResidualUpsampler3DConfig and cfg.model.network.input_size == 16
+    with pytest.raises(ConfigError, match=r"model\.network: unknown key\(s\) \['token_grid'\].*input_size"):
+        build_config(refine, {}, ["model.network.token_grid=4"])
+
+
+def test_a_config_class_own_check_is_a_config_error_naming_the_section():
+    with pytest.raises(ConfigError, match=r"config\.model\.network: XRay2CTProgressiveConfig: .*output_size=128"):
+        build_config(get_stage("direct_256").config_cls, {}, ["model.preset=custom", "model.network.output_size=128"])
 
 
 def test_a_built_wheel_carries_the_stage_configs_and_never_imports_jobs(tmp_path):

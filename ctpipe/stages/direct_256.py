@@ -26,22 +26,13 @@ from ctpipe.models.xray2ct_progressive import XRay2CTProgressive, XRay2CTProgres
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64
-from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, TrainedVolumeModel,
+from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, preset_or_custom, trained_volume_model, with_baselines,
-                                          xray_evaluation, xray_input)
+                                          load_xray_splits, trained_volume_model, with_baselines, xray_evaluation,
+                                          xray_input)
 
 STAGE = "direct_256"
 DIRECT_MODEL = "direct_256"
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectModelConfig:
-    """``default`` (XRay2CTProgressiveConfig(): default backbone, 256^3), ``tiny`` (tiny backbone, decoder stages
-    derived from the shard set's high-resolution size) or ``custom`` (``network``)."""
-
-    preset: Literal["default", "tiny", "custom"] = "default"
-    network: XRay2CTProgressiveConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +42,9 @@ class Direct256StageConfig:
     source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
     init_from_stage1: str | None = None
     data: XRayDataConfig = XRayDataConfig(batch_size=1, eval_batch_size=1)
-    model: DirectModelConfig = DirectModelConfig()
+    # preset default: XRay2CTProgressiveConfig() (default backbone, 256^3); tiny: the tiny backbone with decoder
+    # stages derived from the shard set's high-resolution size (tiny_direct_config)
+    model: NetworkChoice[XRay2CTProgressiveConfig] = NetworkChoice()
     loss: VolumeLossConfig = HIGH_RES_LOSS
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.05)
     scheduler: SchedulerConfig = COSINE_SCHEDULE
@@ -69,10 +62,10 @@ def tiny_direct_config(output_size: int) -> XRay2CTProgressiveConfig:
                                     decoder_channels=(8,) * (stages - 1) + (4,))
 
 
-def resolve_direct_network(model: DirectModelConfig, output_size: int,
+def resolve_direct_network(model: NetworkChoice[XRay2CTProgressiveConfig], output_size: int,
                            gradient_checkpointing: bool) -> XRay2CTProgressiveConfig:
     presets = {"default": XRay2CTProgressiveConfig(), "tiny": None}
-    network = preset_or_custom(model.preset, model.network, presets, "network", "XRay2CTProgressiveConfig")
+    network = model.resolve(presets, "XRay2CTProgressiveConfig")
     if network is None:  # the tiny preset's decoder depends on the target grid
         network = tiny_direct_config(output_size)
     if network.output_size != output_size:

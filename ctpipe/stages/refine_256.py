@@ -34,23 +34,15 @@ from ctpipe.models.residual_upsampler3d import (RESIDUAL_UPSAMPLER3D_TINY, Resid
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
-from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, TrainedVolumeModel,
+from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, preset_or_custom, trained_volume_model, with_baselines,
-                                          xray_evaluation, xray_input)
+                                          load_xray_splits, trained_volume_model, with_baselines, xray_evaluation,
+                                          xray_input)
 
 STAGE = "refine_256"
 REFINE_MODEL = "refine_256"
 REFINE_PRESETS: dict[str, ResidualUpsampler3DConfig] = {"default": ResidualUpsampler3DConfig(),
                                                         "tiny": RESIDUAL_UPSAMPLER3D_TINY}
-
-
-@dataclasses.dataclass(frozen=True)
-class RefineModelConfig:
-    """``preset`` default / tiny (``input_size`` is taken from the stage-1 network) or ``custom`` (``network``)."""
-
-    preset: Literal["default", "tiny", "custom"] = "default"
-    network: ResidualUpsampler3DConfig | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +52,17 @@ class Refine256StageConfig:
     source: str = ""  # the document (and section) these settings follow, e.g. a ../shared/seeds/ file
     stage1_checkpoint: str = "runs/stage1_64/default/checkpoints/best.pt"
     data: XRayDataConfig = XRayDataConfig(batch_size=2, eval_batch_size=1)
-    model: RefineModelConfig = RefineModelConfig()
+    # a preset's input_size is taken from the stage-1 network; custom must match it
+    model: NetworkChoice[ResidualUpsampler3DConfig] = NetworkChoice()
     loss: VolumeLossConfig = HIGH_RES_LOSS
     optim: OptimConfig = OptimConfig(name="adamw", lr=1e-4, weight_decay=0.01)
     scheduler: SchedulerConfig = COSINE_SCHEDULE
     train: TrainConfig = TrainConfig(epochs=50, amp="bf16", grad_clip=1.0, early_stopping_patience=None, log_every=20)
 
 
-def resolve_refine_network(model: RefineModelConfig, input_size: int,
+def resolve_refine_network(model: NetworkChoice[ResidualUpsampler3DConfig], input_size: int,
                            gradient_checkpointing: bool) -> ResidualUpsampler3DConfig:
-    network = preset_or_custom(model.preset, model.network, REFINE_PRESETS, "network", "ResidualUpsampler3DConfig")
+    network = model.resolve(REFINE_PRESETS, "ResidualUpsampler3DConfig")
     if model.preset != "custom":  # a preset refines whatever grid the stage-1 network outputs
         network = dataclasses.replace(network, input_size=input_size)
     elif network.input_size != input_size:

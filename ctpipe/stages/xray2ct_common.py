@@ -20,7 +20,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Generic, Literal, Mapping, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -113,6 +113,22 @@ def _resolve_lift_network(model: Stage1ModelConfig, gradient_checkpointing: bool
 # The 256^3 stages' shared defaults (refine_256, direct_256): multi-scale L1 + edge, cosine schedule down to 1e-6.
 HIGH_RES_LOSS = VolumeLossConfig(l1=1.0, edge=0.1, scale_weights=(0.25, 0.5, 1.0))
 COSINE_SCHEDULE = SchedulerConfig(name="cosine", min_lr=1e-6)
+
+
+N = TypeVar("N")
+
+
+@dataclass(frozen=True)
+class NetworkChoice(Generic[N]):
+    """``model`` of a 256^3 stage: a named network preset (``default``, ``tiny``), or ``custom`` with the
+    network's own fields in ``network``. A stage uses it as ``NetworkChoice[ItsNetworkConfig]``."""
+
+    preset: Literal["default", "tiny", "custom"] = "default"
+    network: N | None = None
+
+    def resolve(self, presets: Mapping[str, N], kind: str) -> N:
+        """The named preset, or ``network`` for ``custom``; ``kind`` names the network config in errors."""
+        return preset_or_custom(self.preset, self.network, presets, "network", kind)
 
 
 def preset_or_custom(preset: str, custom: Any, presets: Mapping[str, Any], field: str, kind: str) -> Any:
