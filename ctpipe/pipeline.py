@@ -24,20 +24,23 @@ import pandas as pd
 from submitit.helpers import Checkpointable
 
 from ctpipe.atomic import atomic_write_json
-from ctpipe.cli import main
-from ctpipe.data.drr_prep import list_ct_files
+from ctpipe.data.drr_prep import list_ct_files, prep_drr
 from ctpipe.data.lodopab import inspect_lodopab, prep_lodopab
-from ctpipe.data.nifti_pairs import find_pairs
+from ctpipe.data.nifti_pairs import find_pairs, prep_nifti_pairs
 from ctpipe.data.synthetic import write_synthetic_lodopab
 from ctpipe.data.synthetic_ct import write_synthetic_ct
 from ctpipe.data.synthetic_phases import write_synthetic_phases
 from ctpipe.demo_common import follow_jobs
+from ctpipe.infer_pix2pix import describe, infer_folder
+from ctpipe.infer_xray2ct import infer_xray2ct
 from ctpipe.launch import ExecutorKind, Resources, make_executor, submit_training, wait_all
 from ctpipe.ops.geometry import ParallelBeamGeometry
 from ctpipe.paths import data_root, results_root, runs_root
 from ctpipe.pipeline_families import FAMILIES, Family, SynthSpec, TrainStep
 from ctpipe.presets import preset_overrides
 from ctpipe.report import aggregate
+from ctpipe.stages import get_stage
+from ctpipe.summaries import Summary, emit, infer_folder_summary, infer_xray2ct_summary, jsonable, prep_summary
 
 PIPELINE_FILE = "pipeline.json"
 
@@ -85,31 +88,23 @@ class PipelineJobs:
 
 
 # ---- the jobs (top-level classes: submitit pickles them by reference) ---------------------------------------
-class PrepLodopabJob(Checkpointable):
-    """One prep array task: converts the raw pairs with ``shard index % n_tasks == task_index``.
-
-    Checkpointable: prep is idempotent (finished shards are skipped), so a preempted task is simply requeued."""
-
-    def __init__(self, src: str | Path, out: str | Path, n_tasks: int) -> None:
-        self.src, self.out, self.n_tasks = str(src), str(out), n_tasks
-
-    def __call__(self, task_index: int) -> dict[str, Any]:
-        result = prep_lodopab(self.src, self.out, task_index=task_index, n_tasks=self.n_tasks, progress=False)
-        return {"task": task_index, "written": list(result.written), "skipped": list(result.skipped),
-                "n_shards": result.n_shards, "manifest": None if result.manifest is None else str(result.manifest)}
+def _report(summary: Summary) -> dict[str, Any]:
+    """Print a step's summary lines (they end up in the job's log) and return its JSON-ready payload."""
+    emit(summary, as_json=False)
+    return jsonable(summary[1])
 
 
-class PrepCliJob(Checkpointable):
-    """One prep array task through the ``ctpipe prep`` command line (``--task-index i --n-tasks N`` appended).
+class PrepJob(Checkpointable):
+    """One prep array task: ``prep(**kwargs, task_index=i, n_tasks=N)`` converts the raw file groups g with
+    ``g % N == i`` (``kind`` names the prep in its summary: lodopab, drr, nifti-pairs).
 
-    Idempotent like every prep (finished groups are skipped), so a preempted task is simply requeued."""
+    Checkpointable: prep is idempotent (finished groups are skipped), so a preempted task is simply requeued."""
 
-    def __init__(self, argv: Sequence[str], n_tasks: int) -> None:
-        self.argv, self.n_tasks = [str(a) for a in argv], n_tasks
+    def __init__(self, kind: str, prep: Callable[..., Any], kwargs: dict[str, Any], n_tasks: int) -> None:
+        self.kind, self.prep, self.kwargs, self.n_tasks = kind, prep, kwargs, n_tasks
 
     def __call__(self, task_index: int) -> dict[str, Any]:
-        main([*self.argv, "--task-index", str(task_index), "--n-tasks", str(self.n_tasks)])
-        return {"task": task_index, "argv": self.argv}
+        return _report(prep_summary(self.kind, self.prep(**self.kwargs, task_index=task_index, n_tasks=self.n_tasks)))
 
 
 class AggregateJob(Checkpointable):
@@ -124,8 +119,7 @@ class AggregateJob(Checkpointable):
 
 class InferXray2CTJob(Checkpointable):
     """The example inference of the X-ray -> CT chain: the first test (else validation) sample of stage 1's
-    evaluation through
-    stage1_64 (+ refine_256 when trained) to a NIfTI volume in HU."""
+    evaluation through stage1_64 (+ refine_256 when trained) to a NIfTI volume in HU."""
 
     def __init__(self, runs: str | Path, shards: str | Path, out: str | Path, refine: bool) -> None:
         self.runs, self.shards, self.out, self.refine = str(runs), str(shards), str(out), refine
@@ -135,12 +129,10 @@ class InferXray2CTJob(Checkpointable):
         evaluated = [stage1 / "eval" / split / "stage1_64.csv" for split in ("test", "validation")]
         rows = pd.read_csv(next((p for p in evaluated if p.is_file()), evaluated[0]))
         sample = str(rows["sample_id"].iloc[0])
-        argv = ["infer", "xray2ct", "--checkpoint", str(stage1 / "checkpoints" / "best.pt"), "--xrays", self.shards,
-                "--sample-id", sample, "--out", self.out, "--device", "cpu"]
-        if self.refine:
-            argv += ["--refine", str(Path(self.runs) / "refine_256" / "checkpoints" / "best.pt")]
-        main(argv)
-        return {"sample_id": sample, "out": self.out}
+        refine = Path(self.runs) / "refine_256" / "checkpoints" / "best.pt" if self.refine else None
+        result = infer_xray2ct(stage1 / "checkpoints" / "best.pt", self.shards, self.out, refine=refine,
+                               sample_id=sample, device="cpu")
+        return {"sample_id": sample, **_report(infer_xray2ct_summary(result))}
 
 
 class InferPhasesJob(Checkpointable):
@@ -151,9 +143,10 @@ class InferPhasesJob(Checkpointable):
         self.checkpoint, self.raw, self.out = str(checkpoint), str(raw), str(out)
 
     def __call__(self) -> dict[str, Any]:
-        main(["infer", "pix2pix", "--checkpoint", self.checkpoint, "--input-dir", str(Path(self.raw) / "testA"),
-              "--target-dir", str(Path(self.raw) / "testB"), "--out-dir", self.out, "--device", "cpu"])
-        return {"out": self.out}
+        trained = get_stage("pix2pix_phase").load_trained(self.checkpoint, "cpu")
+        result = infer_folder(trained.generator, Path(self.raw) / "testA", self.out, trained.prep.window,
+                              trained.prep.size, "cpu", target_dir=Path(self.raw) / "testB")
+        return _report(infer_folder_summary(result, Path(self.out), describe(result)))
 
 
 # ---- planning ---------------------------------------------------------------------------------------------------
@@ -212,16 +205,17 @@ def synthesize_raw(plan: PipelinePlan) -> None:
         write_synthetic_phases(plan.raw, 2, size=spec.n_pixels, n_slices=16, seed=spec.seed + 1, subset="test")
 
 
-def _prep_argv(plan: PipelinePlan) -> list[str]:
-    """The ``ctpipe prep`` command of the family (cpu-tiny: the sizes the preset's data fields expect)."""
+def prep_job(plan: PipelinePlan, n_tasks: int) -> PrepJob:
+    """The family's prep with its command's defaults (cpu-tiny: the sizes the preset's data fields expect)."""
     tiny = plan.preset == "cpu-tiny"
+    where = {"src": str(plan.raw), "out": str(plan.shards)}
     if plan.family == "xray2ct":
-        sizes = ["--xray-size", "32", "--volume-sizes", "16,32"] if tiny else []
-        return ["prep", "drr", "--src", str(plan.raw), "--out", str(plan.shards), *sizes]
+        sizes: dict[str, Any] = {"xray_size": 32, "volume_sizes": (16, 32)} if tiny else {}
+        return PrepJob("drr", prep_drr, {**where, **sizes}, n_tasks)
     if plan.family == "phases":
-        sizes = ["--size", "64", "--split-fractions", "0.6,0.2,0.2"] if tiny else []
-        return ["prep", "nifti-pairs", "--src", str(plan.raw), "--out", str(plan.shards), *sizes]
-    return ["prep", "lodopab", "--src", str(plan.raw), "--out", str(plan.shards)]
+        sizes = {"size": 64, "split_fractions": (0.6, 0.2, 0.2)} if tiny else {}
+        return PrepJob("nifti-pairs", prep_nifti_pairs, {**where, **sizes}, n_tasks)
+    return PrepJob("lodopab", prep_lodopab, {**where, "progress": False}, n_tasks)
 
 
 def count_prep_tasks(plan: PipelinePlan) -> int:
@@ -267,8 +261,7 @@ def _submit_prep(plan: PipelinePlan, executor_kind: ExecutorKind, prep_cpus: int
     n_tasks = count_prep_tasks(plan)
     prep_ex = make_executor(executor_kind, plan.runs / "submitit" / "prep",
                             _step_resources(f"prep_{plan.family}", prep_cpus, 120))
-    job: Any = (PrepLodopabJob(plan.raw, plan.shards, n_tasks) if plan.family == "lodopab"
-                else PrepCliJob(_prep_argv(plan), n_tasks))
+    job = prep_job(plan, n_tasks)
     limit = max_array_size() if executor_kind == "slurm" else None
     jobs: list[Any] = []
     for chunk in split_array(range(n_tasks), limit):

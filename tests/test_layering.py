@@ -1,5 +1,6 @@
-"""Who imports whom: report reads run folders only, stages do not import inference, and inference uses only
-the stage objects (``ctpipe.stages``), not a stage module's internals."""
+"""Who imports whom: report reads run folders only, stages do not import inference, inference uses only
+the stage objects (``ctpipe.stages``), not a stage module's internals, and the library never imports its
+command line (``ctpipe.cli`` is an entry point)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def test_stages_do_not_import_inference() -> None:
 def test_inference_uses_only_the_stage_objects() -> None:
     for path in sorted(PACKAGE.glob("infer_*.py")):
         assert not {m for m in _imports(path) if m.startswith("ctpipe.stages.")}, path.name
+
+
+def test_the_library_does_not_import_its_command_line() -> None:
+    entry_points = {"cli.py", "__main__.py"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name not in entry_points:
+            assert "ctpipe.cli" not in _imports(path), path.relative_to(PACKAGE)

@@ -245,8 +245,8 @@ def downsample_cube(cube: torch.Tensor, size: int) -> torch.Tensor:
 # ---- one CT -> one sample ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DRRPrepConfig:
-    xray_size: int = 512
-    volume_sizes: tuple[int, ...] = (64,)
+    xray_size: int = 128                           # the stage-1 network's X-ray input
+    volume_sizes: tuple[int, ...] = (64, 256)      # stage1_64's target and the 256^3 stages' target
     cone_beam: bool = False
     image_gain: float = DEFAULT_IMAGE_GAIN
     hu_window: tuple[float, float] = XRAY2CT_HU_WINDOW
@@ -451,8 +451,8 @@ def _finish(out: Path, n_groups: int, config: DRRPrepConfig, split_fractions: Se
 def prep_drr(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
-    xray_size: int = 512,
-    volume_sizes: Sequence[int] = (64,),
+    xray_size: int = DRRPrepConfig.xray_size,
+    volume_sizes: Sequence[int] = DRRPrepConfig.volume_sizes,
     task_index: int = 0,
     n_tasks: int = 1,
     cone_beam: bool = False,
