@@ -16,13 +16,13 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from ctpipe.errors import UserError
+from ctpipe.errors import ConfigError
+from ctpipe.schedule_checks import check_schedule_lengths
+
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "SchedulerConfig", "TrainConfig", "apply_overrides",
+           "build_config", "check_counts", "from_dict", "load_json", "to_dict"]
 
 T = TypeVar("T")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration file or override is invalid; the message says where and how to fix it."""
 
 
 # ---- shared building blocks ------------------------------------------------------------------------
@@ -255,9 +255,6 @@ def load_json(path: str | Path) -> dict[str, Any]:
 
 def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = (), where: str = "config") -> T:
     """Merge overrides into ``data`` and validate it as ``cls`` (counts and schedule lengths included)."""
-    # lazy: import cycle (schedule_checks imports ConfigError from this module)
-    from ctpipe.schedule_checks import check_schedule_lengths
-
     config = from_dict(cls, apply_overrides(data, overrides), where)
     check_counts(config, where)
     check_schedule_lengths(config, where)

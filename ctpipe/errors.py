@@ -14,6 +14,10 @@ class UserError(Exception):
     """Bad input: the message names the option or file, the problem and the fix."""
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration file or override is invalid; the message says where and how to fix it."""
+
+
 class RunFolderError(UserError):
     """A run folder cannot be used as asked (not a folder, in use by another process, resume refused)."""
 

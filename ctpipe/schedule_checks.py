@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctpipe.config import ConfigError
+from ctpipe.errors import ConfigError
 from ctpipe.metrics import higher_is_better
 
 

@@ -1,5 +1,6 @@
-"""Imports inside functions stay only where they must (a heavy or optional dependency, an import cycle), and
-each one says why in a ``# lazy:`` comment on its line or the line above."""
+"""Imports inside functions stay only for heavy or optional dependencies (never to break an import cycle:
+a cycle is fixed by moving code), and each one says why in a ``# lazy:`` comment on its line or the line
+above."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def test_every_import_inside_a_function_says_why() -> None:
                  for line in unexplained_imports(path.read_text())]
     assert not offenders, ("imports inside functions without a '# lazy: <reason>' comment (move them to the top "
                            f"of the module, or give the reason on their line or the line above): {offenders}")
+
+
+def test_no_import_is_deferred_to_break_a_cycle() -> None:
+    reasons = [f"{path.relative_to(PACKAGE.parent)}:{number}" for path in sorted(PACKAGE.rglob("*.py"))
+               for number, line in enumerate(path.read_text().splitlines(), 1)
+               if MARK in line and "cycle" in line.split(MARK, 1)[1]]
+    assert not reasons, f"lazy imports that work around an import cycle (move the shared code instead): {reasons}"
 
 
 def test_the_cli_starts_without_the_heavy_optional_modules() -> None:
