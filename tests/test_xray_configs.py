@@ -25,6 +25,10 @@ EXPECTED = {
     "direct_256_v2": ("003_64ed3ea31725ee4f", {"optim.lr": 5e-5, "scheduler.name": "cosine", "loss.l1": 1.0,
                                                "loss.ssim3d": 0.0, "loss.edge": 0.0, "data.batch_size": 2,
                                                "train.grad_accum": 2, "train.gradient_checkpointing": True}),
+    # the lift network is trained like the base model (cosine, 100 epochs), with L1 only as its source says
+    "stage1_64_lift": ("003_64ed3ea31725ee4f", {"model.architecture": "lift", "loss.l1": 1.0, "loss.ssim3d": 0.0,
+                                                "loss.edge": 0.0, "loss.perceptual": 0.0, "loss.mse": 0.0,
+                                                "scheduler.name": "cosine", "train.epochs": 100}),
 }
 
 
