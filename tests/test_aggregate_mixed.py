@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ctpipe.cli import main
 from ctpipe.presets import preset_overrides
 from ctpipe.runner import run_stage
+from tests.threads import one_torch_thread
 
 QUICK = ["train.epochs=1", "train.max_steps_per_epoch=2"]
 
@@ -30,9 +30,7 @@ def mixed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.stages.test_stage1_64 import make_xray_shards
 
     root = tmp_path_factory.mktemp("mixed")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         write_synthetic_lodopab(root / "lodopab" / "raw", n=40, size="small", seed=5, samples_per_file=16,
                                 geometry=ParallelBeamGeometry.lodopab().scaled(32, 24), progress=False)
         prep_lodopab(root / "lodopab" / "raw", root / "lodopab" / "shards", progress=False)
@@ -44,8 +42,6 @@ def mixed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               ("pix2pix_phase", root / "phases" / "shards")):
             over = [*preset_overrides("cpu-tiny", stage), f"data.root={shards}", *QUICK]
             assert run_stage(stage, root / "runs" / stage / "default", over).status == "completed"
-    finally:
-        torch.set_num_threads(threads)
     return root / "runs"
 
 

@@ -7,17 +7,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from ctpipe.cli import main
 from ctpipe.data.nifti_pairs import load_volume
 from ctpipe.infer_pix2pix import infer_volume
 from ctpipe.stages.pix2pix_phase import load_trained_generator
+from tests.threads import one_torch_thread
 
 TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "model.n_layers_d=2",
         "data.num_workers=0", "train.epochs=1", "scheduler.n_epochs_constant=1", "train.max_steps_per_epoch=3",
@@ -25,27 +26,21 @@ TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthesize, prep and train a tiny run through the command line; returns the work folder."""
     work = tmp_path_factory.mktemp("cli_pix2pix")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         main(["prep", "synth-phases", "--out", str(work / "src"), "--n", "6", "--size", "64", "--n-slices", "16"])
         main(["prep", "nifti-pairs", "--src", str(work / "src"), "--out", str(work / "shards"), "--size", "64",
               "--split-fractions", "0.6,0.2,0.2", "--task-index", "0", "--n-tasks", "1"])
         main(["train", "pix2pix_phase", "--run-dir", str(work / "runs" / "pix2pix_phase" / "tiny"),
               f"data.root={work / 'shards'}", *TINY])
-    finally:
-        torch.set_num_threads(before)
     return work
 
 

@@ -11,12 +11,15 @@ CI runs these tests as root.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,31 +281,52 @@ INTERRUPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def run_concurrently(work: Mapping[str, Callable[[], object]], timeout: float,
+                     meanwhile: Callable[[], None] = lambda: None) -> dict[str, object]:
+    """Run each callable of ``work`` in its own thread while ``meanwhile`` runs in this one (it may install
+    signal handlers: a training run); returns name -> what the callable returned, or the exception that ended
+    it (:func:`outcome` re-raises it in the test that checks that name). ``timeout`` bounds each wait."""
+    out: dict[str, object] = {}
+
+    def guard(name: str, fn: Callable[[], object]) -> None:
+        try:
+            out[name] = fn()
+        except BaseException as err:  # re-raised by the test that checks this name
+            out[name] = err
+
+    threads = [threading.Thread(target=guard, args=item, daemon=True) for item in work.items()]
+    for thread in threads:
+        thread.start()
+    meanwhile()
+    for thread in threads:
+        thread.join(timeout)
+    return out
+
+
+def outcome(results: Mapping[str, object], name: str) -> Any:
+    """What :func:`run_concurrently`'s callable ``name`` returned; re-raises what it raised."""
+    if name not in results:
+        raise AssertionError(f"{name} did not finish")
+    got = results[name]
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
 def wait_interrupted(cluster: SlurmCluster, jobs: Mapping[str, str], run_root: Path, start_timeout: float,
                      job_timeout: float) -> dict[str, object]:
     """Wait for every job of ``jobs`` (run name -> job id) at once; a job whose name is a key of INTERRUPTIONS is
     interrupted that way once ``run_root/<name>`` has logged its first epoch. Returns run name -> the job's
     final state, or the exception that ended the waiting for it."""
-    import threading
 
-    out: dict[str, object] = {}
+    def drive(name: str) -> str:
+        if name in INTERRUPTIONS:
+            wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_root / name)),
+                     start_timeout, f"{name}: the first epoch")
+            cluster.run(*INTERRUPTIONS[name], jobs[name])
+        return cluster.wait(jobs[name], job_timeout)
 
-    def drive(name: str) -> None:
-        try:
-            if name in INTERRUPTIONS:
-                wait_for(lambda: any(e["event"] == "epoch_end" for e in read_events(run_root / name)),
-                         start_timeout, f"{name}: the first epoch")
-                cluster.run(*INTERRUPTIONS[name], jobs[name])
-            out[name] = cluster.wait(jobs[name], job_timeout)
-        except BaseException as err:
-            out[name] = err
-
-    threads = [threading.Thread(target=drive, args=(name,), daemon=True) for name in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(start_timeout + job_timeout + 60)
-    return out
+    return run_concurrently({name: functools.partial(drive, name) for name in jobs}, start_timeout + job_timeout + 60)
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:

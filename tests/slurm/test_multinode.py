@@ -29,7 +29,7 @@ import torch
 
 from ctpipe.checkpoint import LATEST, load_checkpoint
 from tests.slurm.conftest import (CLUSTER_SH, INTERRUPTIONS, SlurmCluster, TinyLodopab, assert_same_run,
-                                 make_checkout, wait_interrupted)
+                                 make_checkout, outcome, wait_interrupted)
 
 JOB_TIMEOUT_S = 300.0
 ARGS = ("train.epochs=2", "train.early_stopping_patience=null", "optim.lr=1e-5")
@@ -138,9 +138,7 @@ def test_two_node_stage1_preempted_resumes_exactly(preempted_runs: dict[str, obj
     repo: Path = preempted_runs["repo"]  # type: ignore[assignment]
     jobs: dict[str, str] = preempted_runs["jobs"]  # type: ignore[assignment]
     for run in ("reference", name):
-        state = preempted_runs.get(run)
-        if isinstance(state, BaseException):
-            raise state
+        state = outcome(preempted_runs, run)
         log = repo / "logs" / f"stage1_64-{jobs[run]}.out"
         assert state == "COMPLETED", log.read_text()[-4000:] if log.is_file() else "(no log)"
     states = [a[1] for a in sacct_attempts(two_nodes, jobs[name])]

@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from ctpipe.checkpoint import LATEST, load_checkpoint
-from tests.slurm.conftest import REPO_ROOT, SlurmCluster, TinyLodopab, make_checkout
+from tests.slurm.conftest import REPO_ROOT, SlurmCluster, TinyLodopab, make_checkout, run_concurrently
 
 SBATCH_DIR = REPO_ROOT / "sbatch"
 JOB_TIMEOUT_S = 150.0
@@ -250,13 +250,8 @@ def test_two_task_ddp_matches_one_task(slurm_cluster: SlurmCluster, slurm_tiny_l
     two = slurm_cluster.sbatch("sbatch/fbp_window.sh", "--ntasks-per-node=2", "--cpus-per-task=1",
                                env={**common, "RUN_NAME": "two"}, cwd=repo,
                                script_args=("train.epochs=1", "data.batch_size=4", "train.device=cpu"))
-    states = {job: "" for job in (one, two)}
-    waiters = [threading.Thread(target=lambda j=job: states.update({j: slurm_cluster.wait(j, JOB_TIMEOUT_S)}))
-               for job in states]
-    for waiter in waiters:
-        waiter.start()
-    for waiter in waiters:
-        waiter.join()
+    states = run_concurrently({job: functools.partial(slurm_cluster.wait, job, JOB_TIMEOUT_S) for job in (one, two)},
+                              JOB_TIMEOUT_S + 60)
     assert states == {one: "COMPLETED", two: "COMPLETED"}, _log_tail(repo / "logs")
     two_log = (repo / "logs" / f"fbp_window-{two}.out").read_text()
     assert "WORLD_SIZE=2" in two_log

@@ -4,15 +4,15 @@ ones it needs; a failed training step cancels everything after it (no job left P
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import SlurmCluster
+from tests.slurm.conftest import SlurmCluster, outcome, run_concurrently
 
 JOB_TIMEOUT_S = 420.0
 ROOTS = ("CTPIPE_DATA", "CTPIPE_RUNS", "CTPIPE_RESULTS")
@@ -51,38 +51,20 @@ def _logs(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def pipelines(slurm_cluster: SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    out: dict[str, object] = {}
+    def run(name: str) -> tuple:
+        root = tmp_path_factory.mktemp(name)
+        submitted = _submit(slurm_cluster, root, CHAINS[name])
+        last = submitted.get("infer") or submitted["aggregate"]
+        final = slurm_cluster.wait(last, JOB_TIMEOUT_S)
+        states = {step: {j: slurm_cluster.sacct_states(j.split("_")[0]).get(j, "?") for j in ids}
+                  for step, ids in _all_ids(submitted).items()}
+        return root, submitted, final, states
 
-    def run(name: str) -> None:
-        try:
-            root = tmp_path_factory.mktemp(name)
-            submitted = _submit(slurm_cluster, root, CHAINS[name])
-            last = submitted.get("infer") or submitted["aggregate"]
-            final = slurm_cluster.wait(last, JOB_TIMEOUT_S)
-            states = {step: {j: slurm_cluster.sacct_states(j.split("_")[0]).get(j, "?") for j in ids}
-                      for step, ids in _all_ids(submitted).items()}
-            out[name] = (root, submitted, final, states)
-        except BaseException as err:  # re-raised by the test of this chain
-            out[name] = err
-
-    threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in CHAINS]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(JOB_TIMEOUT_S + 240)
-    return out
-
-
-def _get(pipelines: dict[str, object], name: str) -> tuple:
-    got = pipelines.get(name)
-    if isinstance(got, BaseException):
-        raise got
-    assert got is not None, f"{name} did not finish"
-    return got  # type: ignore[return-value]
+    return run_concurrently({name: functools.partial(run, name) for name in CHAINS}, JOB_TIMEOUT_S + 240)
 
 
 def test_xray2ct_pipeline_completes_every_job(pipelines: dict[str, object]) -> None:
-    root, submitted, final, states = _get(pipelines, "xray2ct")
+    root, submitted, final, states = outcome(pipelines, "xray2ct")
     assert final == "COMPLETED", _logs(root)
     assert set(states) == {"prep", "stage1_64", "refine_256", "direct_256", "aggregate", "infer"}
     assert all(s == "COMPLETED" for step in states.values() for s in step.values()), states
@@ -92,7 +74,7 @@ def test_xray2ct_pipeline_completes_every_job(pipelines: dict[str, object]) -> N
 
 
 def test_phases_pipeline_completes_every_job(pipelines: dict[str, object]) -> None:
-    root, submitted, final, states = _get(pipelines, "phases")
+    root, submitted, final, states = outcome(pipelines, "phases")
     assert final == "COMPLETED", _logs(root)
     assert all(s == "COMPLETED" for step in states.values() for s in step.values()), states
     assert set(states) == {"prep", "pix2pix_phase", "aggregate", "infer"}
@@ -100,7 +82,7 @@ def test_phases_pipeline_completes_every_job(pipelines: dict[str, object]) -> No
 
 
 def test_a_failed_training_step_cancels_the_rest_of_the_dag(pipelines: dict[str, object]) -> None:
-    root, submitted, final, states = _get(pipelines, "broken")
+    root, submitted, final, states = outcome(pipelines, "broken")
     assert set(states["prep"].values()) == {"COMPLETED"}
     assert set(states["stage1_64"].values()) == {"FAILED"}
     for step in ("refine_256", "direct_256", "aggregate", "infer"):

@@ -19,7 +19,7 @@ first attempt -> start of the second, signal -> training resumed) are printed (`
 from __future__ import annotations
 
 import dataclasses
-import threading
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +33,9 @@ from tests.slurm.conftest import (
     SlurmCluster,
     TinyLodopab,
     make_checkout,
+    outcome,
     read_events,
+    run_concurrently,
     sacct_attempts,
     wait_for,
 )
@@ -124,15 +126,10 @@ def _interrupt(cluster: SlurmCluster, started: Started, scenario: str) -> Interr
 class Scenarios:
     reference: Path                                   # the uninterrupted run folder
     started: dict[str, Started]
-    outcomes: dict[str, Interrupted | BaseException]  # what each scenario's driver returned or raised
+    outcomes: dict[str, object]  # what each scenario's driver returned (Interrupted) or raised
 
     def get(self, name: str) -> tuple[Interrupted, Started]:
-        outcome = self.outcomes.get(name)
-        if outcome is None:
-            raise AssertionError(f"scenario {name} did not finish")
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome, self.started[name]
+        return outcome(self.outcomes, name), self.started[name]
 
 
 @pytest.fixture(scope="module")
@@ -143,22 +140,15 @@ def scenarios(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
 
     root = tmp_path_factory.mktemp("preemption")
     started = {name: start(slurm_cluster, slurm_tiny_lodopab, root, name) for name, start in STARTERS.items()}
-    outcomes: dict[str, Interrupted | BaseException] = {}
-
-    def drive(name: str) -> None:
-        try:
-            outcomes[name] = _interrupt(slurm_cluster, started[name], name)
-        except BaseException as err:  # handed to the scenario's test
-            outcomes[name] = err
-
-    threads = [threading.Thread(target=drive, args=(name,), daemon=True) for name in started]
-    for thread in threads:
-        thread.start()
     reference = root / "uninterrupted"
-    result = run_stage("fbp_window", reference, [f"data.root={slurm_tiny_lodopab.shards}", *TRAIN])
-    assert result.status == "completed" and result.epoch == EPOCHS
-    for thread in threads:  # each driver's own waits are bounded; this bounds the total once more
-        thread.join(START_TIMEOUT_S + JOB_TIMEOUT_S + 60)
+
+    def train_reference() -> None:  # here, while the drivers wait: the trainer installs signal handlers
+        result = run_stage("fbp_window", reference, [f"data.root={slurm_tiny_lodopab.shards}", *TRAIN])
+        assert result.status == "completed" and result.epoch == EPOCHS
+
+    drivers = {name: functools.partial(_interrupt, slurm_cluster, started[name], name) for name in started}
+    # each driver's own waits are bounded; the timeout bounds the total once more
+    outcomes = run_concurrently(drivers, START_TIMEOUT_S + JOB_TIMEOUT_S + 60, meanwhile=train_reference)
     return Scenarios(reference, started, outcomes)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.conftest import (SlurmCluster, assert_same_run, make_checkout, read_events, sacct_attempts,
-                                 wait_interrupted)
+from tests.slurm.conftest import (SlurmCluster, assert_same_run, make_checkout, outcome, read_events,
+                                 sacct_attempts, wait_interrupted)
 
 EPOCHS = 30
 ARGS = (f"train.epochs={EPOCHS}", "train.early_stopping_patience=null", "train.max_steps_per_epoch=2")
@@ -45,9 +45,7 @@ def test_stage1_script_preempted_resumes_identically(runs: dict[str, object], sl
     repo: Path = runs["repo"]  # type: ignore[assignment]
     jobs: dict[str, str] = runs["jobs"]  # type: ignore[assignment]
     for scenario in ("uninterrupted", name):
-        if isinstance(runs.get(scenario), BaseException):
-            raise runs[scenario]  # type: ignore[misc]
-        assert runs.get(scenario) == "COMPLETED", _log(repo, jobs[scenario])
+        assert outcome(runs, scenario) == "COMPLETED", _log(repo, jobs[scenario])
     run_dir, reference = repo / "runs" / "stage1_64" / name, repo / "runs" / "stage1_64" / "uninterrupted"
     kinds = [e["event"] for e in read_events(run_dir)]
     assert "preempted" in kinds and "resumed" in kinds and kinds[-2:] == ["fit_end", "evaluated"], kinds

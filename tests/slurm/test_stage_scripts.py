@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 import pytest
 
-from tests.slurm.conftest import SlurmCluster, TinyLodopab, make_checkout
+from tests.slurm.conftest import SlurmCluster, TinyLodopab, make_checkout, outcome, run_concurrently
 
 CHAIN_TIMEOUT_S = 480.0
 ROOTS = {"CTPIPE_DATA": "data", "CTPIPE_RUNS": "runs", "CTPIPE_RESULTS": "results", "PRESET": "cpu-tiny"}
@@ -42,34 +41,17 @@ def _submitter(cluster: SlurmCluster, repo: Path) -> Callable[..., str]:
     return submit
 
 
-def _run_threads(*jobs: Callable[[], None]) -> dict[str, BaseException]:
-    errors: dict[str, BaseException] = {}
-
-    def guard(fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except BaseException as err:  # re-raised by the test that checks this chain
-            errors[fn.__name__] = err
-
-    threads = [threading.Thread(target=guard, args=(fn,), daemon=True) for fn in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(CHAIN_TIMEOUT_S + 120)
-    return errors
-
-
 @pytest.fixture(scope="module")
 def chains(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
            tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Submit the three chains, wait for each (in threads); returns {name: repo folder or the error}."""
+    """Submit the three chains, wait for each (in threads); returns {name: what its check returned, or the
+    error that ended it} (see :func:`outcome`)."""
     from ctpipe.data.synthetic_ct import write_synthetic_ct
     from ctpipe.data.synthetic_phases import write_synthetic_phases
 
     root = tmp_path_factory.mktemp("stage_scripts")
-    out: dict[str, object] = {}
 
-    def xray2ct() -> None:
+    def xray2ct() -> Path:
         repo = make_checkout(root / "xray2ct")
         write_synthetic_ct(repo / "data" / "xray2ct" / "ct", 8, size=32, spacing_mm=10.0, seed=3)
         submit = _submitter(slurm_cluster, repo)
@@ -84,9 +66,9 @@ def chains(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
         states = {j: slurm_cluster.sacct_states(j) for j in (prep, s1, refine, direct, agg)}
         assert all(set(s.values()) == {"COMPLETED"} for s in states.values()), states
         assert len(states[prep]) == 2
-        out["xray2ct"] = repo
+        return repo
 
-    def phases() -> None:
+    def phases() -> tuple[Path, str]:
         repo = make_checkout(root / "phases")
         write_synthetic_phases(repo / "data" / "phases" / "raw", 6, size=64, n_slices=16)
         config = json.loads((Path(__file__).parents[2] / "ctpipe" / "configs" / "pix2pix_phase.json").read_text())
@@ -104,10 +86,9 @@ def chains(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
         # the same run again with another CONFIG and PRESET: a resume, from the saved config.json (neither is read)
         again = submit("sbatch/pix2pix_phase.sh", env={"CONFIG": "no-such-config.json", "PRESET": "no-such-preset"})
         assert slurm_cluster.wait(again, CHAIN_TIMEOUT_S) == "COMPLETED", _logs(repo)
-        out["phases"] = repo
-        out["phases_again"] = again
+        return repo, again
 
-    def fbp_unet() -> None:
+    def fbp_unet() -> tuple[Path, tuple[str, str]]:
         repo = make_checkout(root / "fbp_unet")
         submit = _submitter(slurm_cluster, repo)
         first = submit("sbatch/fbp_unet.sh", "--time=9", "--cpus-per-task=1",
@@ -118,23 +99,13 @@ def chains(slurm_cluster: SlurmCluster, slurm_tiny_lodopab: TinyLodopab,
         assert found, log
         second = found.group(1)
         assert slurm_cluster.wait(second, CHAIN_TIMEOUT_S) == "COMPLETED", _logs(repo)
-        out["fbp_unet"] = repo
-        out["fbp_unet_jobs"] = (first, second)
+        return repo, (first, second)
 
-    errors = _run_threads(xray2ct, phases, fbp_unet)
-    out.update({f"error_{k}": v for k, v in errors.items()})
-    return out
-
-
-def _chain(chains: dict[str, object], name: str) -> Path:
-    if f"error_{name}" in chains:
-        raise chains[f"error_{name}"]  # type: ignore[misc]
-    assert name in chains, f"chain {name} did not finish"
-    return chains[name]  # type: ignore[return-value]
+    return run_concurrently({"xray2ct": xray2ct, "phases": phases, "fbp_unet": fbp_unet}, CHAIN_TIMEOUT_S + 120)
 
 
 def test_xray2ct_chain_completes_with_the_comparison_table(chains: dict[str, object]) -> None:
-    repo = _chain(chains, "xray2ct")
+    repo = outcome(chains, "xray2ct")
     assert json.loads((repo / "data" / "xray2ct" / "shards" / "manifest.json").read_text())["shards"]
     for stage in ("stage1_64", "refine_256", "direct_256"):
         run = repo / "runs" / stage / "default"
@@ -149,22 +120,21 @@ def test_xray2ct_chain_completes_with_the_comparison_table(chains: dict[str, obj
 
 
 def test_pix2pix_chain_uses_config_and_a_rerun_resumes_from_the_saved_config(chains: dict[str, object]) -> None:
-    repo = _chain(chains, "phases")
+    repo, again_job = outcome(chains, "phases")
     run = repo / "runs" / "pix2pix_phase" / "default"
     saved = json.loads((run / "config.json").read_text())
     assert saved["loss"]["lambda_l1"] == 77.0  # CONFIG was read on the first start
     assert saved["model"]["ngf"] == 8          # and PRESET=cpu-tiny
     assert (run / "eval" / "test").is_dir()
     assert (repo / "results" / "phases" / "summary.csv").is_file()
-    again = (repo / "logs" / f"pix2pix_phase-{chains['phases_again']}.out").read_text()
+    again = (repo / "logs" / f"pix2pix_phase-{again_job}.out").read_text()
     assert "resuming runs/pix2pix_phase/default from its saved config.json" in again
     assert json.loads((run / "config.json").read_text()) == saved
 
 
 def test_fbp_unet_resubmission_keeps_the_command_line_options(chains: dict[str, object],
                                                              slurm_cluster: SlurmCluster) -> None:
-    repo = _chain(chains, "fbp_unet")
-    first, second = chains["fbp_unet_jobs"]  # type: ignore[misc]
+    repo, (first, second) = outcome(chains, "fbp_unet")
     rows = {}
     for job in (first, second):
         out = slurm_cluster.run("sacct", "-n", "-P", "-X", "-j", job, "-o", "Timelimit,Partition,ReqCPUS,JobName")

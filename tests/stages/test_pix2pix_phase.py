@@ -4,6 +4,7 @@ whole volumes, per-volume evaluation rows, config rules."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from ctpipe.stages.phases_common import load_phase_splits, predict_volumes
 from ctpipe.stages.pix2pix_phase import (Pix2PixLossConfig, Pix2PixModelConfig, Pix2PixPhaseConfig, load_trained_generator,
                                         resolve_num_downs)
 from ctpipe.train import StopFlag
+from tests.threads import one_torch_thread
 
 TINY = ["train.device=cpu", "model.num_downs=6", "model.ngf=8", "model.ndf=8", "model.n_layers_d=2",
         "data.num_workers=0", "data.eval_batch_size=16", "train.log_every=100000", "train.checkpoint_every=0"]
@@ -29,12 +31,9 @@ PSNR_HU, SSIM_HU, MAE_HU = "psnr_hu[range=4095]", "ssim2d_hu[range=4095]", "mae_
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is ~10x faster than two oversubscribed ones for these sizes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
