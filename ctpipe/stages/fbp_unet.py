@@ -67,7 +67,7 @@ class FBPUNetModelConfig:
 class FBPUNetConfig:
     stage: Literal["fbp_unet"] = "fbp_unet"
     experiment: str = "exp4_fbp_unet"
-    data: DataConfig = DataConfig(num_workers=4)
+    data: DataConfig = DataConfig(batch_size=4, num_workers=4)  # seeds/000_462d61dc861309f7.txt: batch 4
     model: FBPUNetModelConfig = FBPUNetModelConfig()
     loss: LossWeights = LossWeights(l1=1.0, ms_ssim=0.5, edge=0.1)
     optim: OptimConfig = OptimConfig(lr=1e-3)

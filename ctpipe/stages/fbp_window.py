@@ -37,11 +37,11 @@ class WindowModelConfig:
 class FBPWindowConfig:
     stage: Literal["fbp_window"] = "fbp_window"
     experiment: str = "exp1_learned_window"
-    data: DataConfig = DataConfig()
+    data: DataConfig = DataConfig(batch_size=4)  # seeds/001_e8fd05045c3b6731.txt: batch 4, 30 epochs, patience 4
     model: WindowModelConfig = WindowModelConfig()
     optim: OptimConfig = OptimConfig(lr=1e-2)
     scheduler: SchedulerConfig = SchedulerConfig(patience=1)
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = TrainConfig(epochs=30, early_stopping_patience=4)
 
 
 def build_window(cfg: WindowModelConfig) -> nn.Module:
