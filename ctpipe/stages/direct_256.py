@@ -28,8 +28,8 @@ from ctpipe.stages.base import Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64
 from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, trained_volume_model, with_baselines, xray_evaluation,
-                                          xray_input)
+                                          load_xray_splits, trained_volume_model, xray_input)
+from ctpipe.stages.xray2ct_evaluation import with_baselines, xray_evaluation
 
 STAGE = "direct_256"
 DIRECT_MODEL = "direct_256"

@@ -13,7 +13,7 @@ ResidualUpsampler3D is residual over trilinear upsampling with zero-initialised 
 256^3 target average-pooled to each scale, ``loss.scale_weights``), ``L1 + edge (+ optional 3D SSIM)``.
 
 Final evaluation rows, on the high-resolution grid with the same metric code: ``stage1_64_trilinear``,
-``refine_256`` and the baselines ``mean_volume`` and ``nearest_xray`` (:func:`~ctpipe.stages.xray2ct_common.with_baselines`).
+``refine_256`` and the baselines ``mean_volume`` and ``nearest_xray`` (:func:`~ctpipe.stages.xray2ct_evaluation.with_baselines`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
 from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, trained_volume_model, with_baselines, xray_evaluation,
-                                          xray_input)
+                                          load_xray_splits, trained_volume_model, xray_input)
+from ctpipe.stages.xray2ct_evaluation import with_baselines, xray_evaluation
 
 STAGE = "refine_256"
 REFINE_MODEL = "refine_256"

@@ -35,10 +35,9 @@ from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.xray2ct_common import (XRAY_FIELD, Stage1ModelConfig, TrainedVolumeModel, VolumeTaskSteps,
-                                          XRayDataConfig, check_shard_set,
-                                          field_size, has_field, load_xray_splits, resolve_stage1_network,
-                                          trained_volume_model, training_arrays, training_reference, with_baselines,
-                                          xray_evaluation, xray_input)
+                                          XRayDataConfig, check_shard_set, field_size, has_field, load_xray_splits,
+                                          resolve_stage1_network, trained_volume_model, xray_input)
+from ctpipe.stages.xray2ct_evaluation import training_arrays, training_reference, with_baselines, xray_evaluation
 
 STAGE = "stage1_64"
 STAGE1_MODEL = "stage1_64"

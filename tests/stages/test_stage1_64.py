@@ -23,12 +23,7 @@ from ctpipe.paths import stage_configs_dir
 from ctpipe.runner import run_stage
 from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.stages.stage1_64 import Stage1Config
-from ctpipe.stages.xray2ct_common import (
-    PSNR_COLUMN,
-    SSIM_COLUMN,
-    Stage1ModelConfig,
-    resolve_stage1_network,
-)
+from ctpipe.stages.xray2ct_common import PSNR_COLUMN, SSIM_COLUMN, Stage1ModelConfig, resolve_stage1_network
 
 TINY = ["model.preset=tiny", "data.volume_field=volume_16", "data.high_field=volume_32", "train.device=cpu",
         "train.amp=none", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0", "train.log_every=1000",

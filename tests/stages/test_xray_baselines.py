@@ -15,14 +15,8 @@ from ctpipe.data.shards import read_manifest
 from ctpipe.data.synthetic_ct import write_synthetic_ct
 from ctpipe.report import add_baseline_margin
 from ctpipe.stages.base import score_samples, write_split
-from ctpipe.stages.xray2ct_common import (
-    XRayDataConfig,
-    load_xray_splits,
-    nearest_xray_indices,
-    training_reference,
-    with_baselines,
-    xray_evaluation,
-)
+from ctpipe.stages.xray2ct_common import XRayDataConfig, load_xray_splits
+from ctpipe.stages.xray2ct_evaluation import nearest_xray_indices, training_reference, with_baselines, xray_evaluation
 
 
 @pytest.fixture(scope="module")
