@@ -153,6 +153,7 @@ class RunLock:
         return True
 
     def acquire(self) -> None:
+        unwritten = False  # the last look found a fresh lock whose holder has not written who it is yet
         for _ in range(5):
             if self._create():
                 self._start_heartbeat()
@@ -162,7 +163,8 @@ class RunLock:
                 age = time.time() - self.path.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if holder is None and age < 60.0:  # being written right now
+            unwritten = holder is None and age < 60.0
+            if unwritten:  # being written right now
                 time.sleep(0.2)
                 continue
             reason = stale_reason(holder, age, self.me, self.stale_s)
@@ -173,6 +175,11 @@ class RunLock:
                     f"process is gone for sure, delete {self.path}")
             if self._break(holder):
                 self.took_over = reason
+        if unwritten:
+            raise RunLockedError(
+                f"{self.what} is in use: another process created {self.path} but has not written who it is yet (a "
+                f"process starting right now, or one stopped mid-start); wait until it ends, or {self.advice}. If no "
+                f"other process uses it, delete {self.path}")
         raise RunLockedError(f"could not take the lock {self.path}: other processes keep replacing it; "
                              "is another job starting on this run folder?")
 

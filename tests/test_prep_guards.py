@@ -157,7 +157,7 @@ def test_the_same_prep_task_started_twice_at_once_is_refused_cleanly(tmp_path):
                              text=True)
     try:
         start = time.monotonic()
-        while not lock.exists():
+        while f'"pid": {first.pid}' not in (lock.read_text() if lock.exists() else ""):  # taken and signed
             assert first.poll() is None and time.monotonic() - start < 120, first.communicate()
             time.sleep(0.01)
         os.kill(first.pid, signal.SIGSTOP)  # the first run holds its task, mid-work

@@ -152,6 +152,16 @@ def test_lock_of_an_earlier_start_of_the_same_slurm_job_is_stale(tmp_path):
     assert "last refreshed" in stale_reason(other_job, 1000.0, me, 900.0)
 
 
+def test_a_fresh_lock_whose_holder_has_not_signed_it_is_refused_as_in_use(tmp_path):
+    # a process stopped between creating the lock and writing its identity: refused as "in use", never taken
+    from ctpipe.runlock import LOCK_NAME, RunLock, RunLockedError
+
+    (tmp_path / LOCK_NAME).write_text("")
+    with pytest.raises(RunLockedError, match="has not written who it is yet"):
+        RunLock(tmp_path).acquire()
+    assert (tmp_path / LOCK_NAME).read_text() == ""  # left to its holder
+
+
 def _flip_a_data_byte(shard: Path) -> None:
     import h5py
 
