@@ -43,7 +43,7 @@ from ctpipe.models.patchgan import PatchGANConfig, PatchGANDiscriminator
 from ctpipe.models.pix2pix import GENERATORS, UNetGeneratorConfig, UNetGenerator
 from ctpipe.schedule_checks import linear_decay_problem
 from ctpipe.schedules import build_optimizer
-from ctpipe.stages.base import Evaluation, Predictor, Stage
+from ctpipe.stages.base import Evaluation, Predictor, Stage, freeze
 from ctpipe.stages.phases_common import (MODEL_NAME, SLICE_RANGE, PrepInfo, load_phase_splits,
                                          phase_predictors, read_prep_info, score_volumes, slice_side)
 from ctpipe.task import Stepper
@@ -293,7 +293,7 @@ def load_trained_generator(checkpoint: str | Path | RunCheckpoint, device: torch
     prep = _run_prep(run, cfg, data_root)
     generator = build_generator(cfg.model, _trained_side(run, prep, cfg), str(checkpoint))
     generator.load_state_dict(run.models["G"])
-    return TrainedGenerator(generator.to(device).eval(), prep, cfg, Path(checkpoint))
+    return TrainedGenerator(freeze(generator, device), prep, cfg, Path(checkpoint))
 
 
 PIX2PIX_PHASE: Stage[Pix2PixPhaseConfig, Pix2PixPhaseTask] = Stage(

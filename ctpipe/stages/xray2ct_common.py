@@ -44,6 +44,7 @@ from ctpipe.metrics import (
 from ctpipe.models.lift_ct import LIFT_CPU, LIFT_TINY, LiftCTConfig
 from ctpipe.models.stage1_net import Stage1Network
 from ctpipe.models.xray2ct import XRAY2CT_TINY, XRay2CTConfig
+from ctpipe.stages.base import freeze
 from ctpipe.task import Stepper
 
 
@@ -210,9 +211,8 @@ class TrainedVolumeModel:
 def trained_volume_model(model: nn.Module, run: RunCheckpoint, output_size: int,
                          device: torch.device | str) -> TrainedVolumeModel:
     """``model`` (with the checkpoint's weights already loaded) frozen on ``device``, with its run's HU window."""
-    model.requires_grad_(False)
     window = tuple(float(v) for v in run.config["data"]["hu_window"])
-    return TrainedVolumeModel(model.to(device).eval(), run, window, output_size)  # type: ignore[arg-type]
+    return TrainedVolumeModel(freeze(model, device), run, window, output_size)  # type: ignore[arg-type]
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------------
