@@ -137,12 +137,20 @@ def atomic_write_frame(frame: Any, target: str | os.PathLike[str], **to_csv: Any
     return Path(target)
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display), imported on first use."""
+    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: see above
+
+    return plt
+
+
 def atomic_write_png(fig: Any, target: str | os.PathLike[str], dpi: int) -> Path:
     """Lay out a matplotlib figure, write it as a PNG atomically and close it."""
-    import matplotlib.pyplot as plt  # lazy: heavy; only the callers that draw figures pay for it
-
     fig.tight_layout()
     with atomic_path(target, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    pyplot().close(fig)
     return Path(target)

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_path
+from ctpipe.atomic import atomic_write_png, pyplot
 from ctpipe.data.drr_prep import prep_drr
 from ctpipe.data.synthetic_ct import write_synthetic_ct
 from ctpipe.intensity import XRAY2CT_HU_WINDOW
@@ -117,10 +117,7 @@ def run_models(shards: Path, runs: Path, settings: DemoSettings) -> dict[str, st
 def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[float]) -> Path | None:
     """Orthogonal mid slices (sagittal, coronal, axial; HU) of the first ``split`` patient: target, the
     baselines and each run's model, one row each."""
-    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
+    plt = pyplot()
 
     rows: dict[str, np.ndarray] = {}
     for run in sorted(p for p in runs.iterdir() if (p / "eval" / split / "examples.npz").is_file()):
@@ -146,11 +143,7 @@ def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[floa
             ax.set_title(f"{title}\n{plane}" if col == 0 else plane, fontsize=7)
     fig.suptitle(f"X-ray -> CT demo, {split} split, first patient (PSNR[range=1]; HU window [{low:g}, {high:g}])",
                  fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return atomic_write_png(fig, out, 100)
 
 
 def verdict(summary_csv: Path, split: str = "test") -> tuple[float, str, str]:

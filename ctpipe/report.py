@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_write_frame, atomic_write_png
+from ctpipe.atomic import atomic_write_frame, atomic_write_png, pyplot
 from ctpipe.errors import UserError
 from ctpipe.report_html import write_html_report
 from ctpipe.run_files import BASELINE, EVAL_COUNTS, ROLE_COLUMN, TRAINED
@@ -209,10 +209,7 @@ def _write_frame(frame: pd.DataFrame, path: Path) -> None:
 
 def plot_examples(run: RunFiles, split: str, out_png: Path) -> Path | None:
     """A grid of example slices: target and every model's prediction, with per-image PSNR."""
-    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
+    plt = pyplot()
 
     npz = run.run_dir / "eval" / split / "examples.npz"
     if not npz.exists():
@@ -248,10 +245,7 @@ def _middle_slice(arr: np.ndarray) -> np.ndarray:
 
 
 def plot_summary(summary: pd.DataFrame, out_png: Path, column: str) -> Path | None:
-    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
+    plt = pyplot()
 
     if summary.empty or column not in summary:
         return None

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ctpipe.atomic import atomic_write_bytes, atomic_write_text
+from ctpipe.atomic import atomic_write_bytes, atomic_write_text, pyplot
 from ctpipe.intensity import hu_to_unit_interval
 
 REPORT_NAME = "report.html"
@@ -56,19 +56,10 @@ FALLBACK_WINDOW = DisplayWindow("full range of each target slice")
 
 
 # ---- figures ---------------------------------------------------------------------------------------------------
-def _pyplot() -> Any:
-    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
-
-    return plt
-
-
 def _png(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -168,7 +159,7 @@ def history_figure(history: pd.DataFrame, title: str) -> bytes | None:
     """Panels over epochs: loss terms (train and validation), validation PSNR, SSIM and other metrics, lr."""
     if history.empty or "epoch" not in history:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     losses = [c for c in history.columns if c.startswith("train_") or c.startswith("val_loss")]
     psnrs = [c for c in history.columns if c.startswith("val_psnr")]
     ssims = [c for c in history.columns if c.startswith("val_ssim")]
@@ -200,7 +191,7 @@ def distribution_figure(per_sample: pd.DataFrame) -> bytes | None:
     splits = [s for s in ("validation", "test") if s in set(per_sample.split)] or sorted(set(per_sample.split))
     if not scores:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(dict.fromkeys(zip(per_sample.run, per_sample.model)))
     one_run = len({run for run, _ in groups}) == 1
     fig, axes = plt.subplots(len(splits), len(scores), figsize=(max(4.2, 1.1 * len(groups) + 1.8) * len(scores),
@@ -248,7 +239,7 @@ def examples_figure(npz: Path, stage: str, title: str, max_rows: int = 3) -> byt
     window = DISPLAY_WINDOWS.get(stage, FALLBACK_WINDOW)
     names = ["target", *sorted(data)]
     n = min(len(target), max_rows)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(n, len(names), figsize=(2.5 * len(names), 2.6 * n + 0.4), squeeze=False)
     for i in range(n):
         gt = _middle_slice(target[i])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ctpipe.atomic import atomic_write_png
+from ctpipe.atomic import atomic_write_png, pyplot
 from ctpipe.data.datasets import ShardDataset
 from ctpipe.intensity import XRAY2CT_HU_WINDOW
 from ctpipe.stages.base import Evaluation, MetricFn, OncePerBatch, Predictor
@@ -30,10 +30,7 @@ from ctpipe.stages.xray2ct_common import XRAY_FIELD, XRayDataConfig, field_size,
 def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path, title: str,
                                 hu_window: Sequence[float] = XRAY2CT_HU_WINDOW) -> Path:
     """Middle sagittal / coronal / axial slices (RAS volumes) of target (top row) and prediction (bottom), in HU."""
-    import matplotlib  # lazy: matplotlib is heavy and its Agg backend is chosen only when a figure is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: see above
+    plt = pyplot()
 
     low, high = float(hu_window[0]), float(hu_window[1])
     fig, axes = plt.subplots(2, 3, figsize=(8.4, 5.8), squeeze=False)
