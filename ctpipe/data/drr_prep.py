@@ -82,6 +82,7 @@ from ctpipe.ops.drr import (
     hu_to_mu,
     render_drr,
 )
+from ctpipe.ops.resize import resize_cube
 from ctpipe.progress import track
 from ctpipe.runlock import one_run_per_prep_task
 
@@ -232,14 +233,8 @@ def resample_to_cube(ct: CTVolume, size: int, fov_mm: float, device: torch.devic
 
 
 def downsample_cube(cube: torch.Tensor, size: int) -> torch.Tensor:
-    """Average-pool (integer factor) or trilinearly resample a cube to ``size^3``."""
-    n = cube.shape[-1]
-    if n == size:
-        return cube
-    volume = cube[None, None]
-    if n % size == 0:
-        return F.avg_pool3d(volume, kernel_size=n // size)[0, 0]
-    return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+    """A ``(n, n, n)`` cube at ``size^3`` (:func:`ctpipe.ops.resize.resize_cube`)."""
+    return resize_cube(cube[None, None], size)[0, 0]
 
 
 # ---- one CT -> one sample ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctpipe._torchvision_compat import import_piq
@@ -38,6 +37,7 @@ from ctpipe.losses.terms import (
 )
 from ctpipe.metrics import ssim_window_size
 from ctpipe.models.vgg_features import VGG_LAYERS, VGGFeatures
+from ctpipe.ops.resize import resize_cube
 
 __all__ = ["TOTAL", "CompositeLoss", "LossWeights", "VolumeLoss", "VolumeLossConfig", "multiscale_sum",
            "trainer_log", "weighted_sum"]
@@ -195,16 +195,6 @@ class VolumeLossConfig:
         return {name: getattr(self, name) for name in _VOLUME_TERMS}
 
 
-def resize_volume(volume: Tensor, size: int) -> Tensor:
-    """``(B, C, s, s, s)`` -> ``size^3``: average pooling for an integer shrink, else trilinear."""
-    n = volume.shape[-1]
-    if n == size:
-        return volume
-    if n > size and n % size == 0:
-        return F.avg_pool3d(volume, kernel_size=n // size)
-    return F.interpolate(volume, size=(size,) * 3, mode="trilinear", align_corners=False)
-
-
 class VolumeLoss(nn.Module):
     """The weighted terms of :class:`VolumeLossConfig` on one or several output scales."""
 
@@ -240,7 +230,7 @@ class VolumeLoss(nn.Module):
         if len(sizes) != len(self.cfg.scale_weights):
             raise ConfigError(f"loss.scale_weights has {len(self.cfg.scale_weights)} entries but the network gives "
                               f"{len(outputs)} outputs ({sorted(outputs)})")
-        scales = [(weight, self.terms(outputs[size], resize_volume(target, size), size == sizes[-1]))
+        scales = [(weight, self.terms(outputs[size], resize_cube(target, size), size == sizes[-1]))
                   for size, weight in zip(sizes, self.cfg.scale_weights)]
         total, logged = multiscale_sum(scales, self._weights, target.new_zeros(()))
         return total, trainer_log(logged)
