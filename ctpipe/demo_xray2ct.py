@@ -30,7 +30,7 @@ import pandas as pd
 from ctpipe.atomic import atomic_write_png, pyplot
 from ctpipe.data.drr_prep import prep_drr
 from ctpipe.data.synthetic_ct import write_synthetic_ct
-from ctpipe.intensity import XRAY2CT_HU_WINDOW
+from ctpipe.intensity import XRAY2CT_HU_WINDOW, unit_interval_to_hu
 from ctpipe.report import aggregate
 from ctpipe.runner import run_stage
 
@@ -132,7 +132,7 @@ def write_slices_png(runs: Path, split: str, out: Path, hu_window: Sequence[floa
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
     target = rows["target"]
     for r, (label, volume) in enumerate(rows.items()):
-        hu = np.clip(volume, 0.0, 1.0) * (high - low) + low
+        hu = unit_interval_to_hu(volume, hu_window)
         c = [s // 2 for s in hu.shape]
         mse = float(np.mean((np.clip(volume, 0, 1) - target) ** 2))
         title = label if label == "target" else f"{label}: {10 * np.log10(1 / max(mse, 1e-12)):.2f} dB"

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ctpipe.atomic import atomic_write_png, pyplot
 from ctpipe.data.datasets import ShardDataset
-from ctpipe.intensity import XRAY2CT_HU_WINDOW
+from ctpipe.intensity import XRAY2CT_HU_WINDOW, unit_interval_to_hu
 from ctpipe.stages.base import Evaluation, MetricFn, OncePerBatch, Predictor
 from ctpipe.stages.xray2ct_common import XRAY_FIELD, XRayDataConfig, field_size, volume_metrics, xray_input
 
@@ -35,7 +35,7 @@ def write_orthogonal_slices_png(pred: np.ndarray, target: np.ndarray, path: Path
     low, high = float(hu_window[0]), float(hu_window[1])
     fig, axes = plt.subplots(2, 3, figsize=(8.4, 5.8), squeeze=False)
     for row, (label, volume) in enumerate((("target", target), ("prediction", pred))):
-        hu = np.clip(np.asarray(volume, dtype=np.float32), 0.0, 1.0) * (high - low) + low
+        hu = unit_interval_to_hu(np.asarray(volume, dtype=np.float32), hu_window)
         c = [s // 2 for s in hu.shape]
         planes = (("sagittal (x=mid)", hu[c[0], :, :]), ("coronal (y=mid)", hu[:, c[1], :]), ("axial (z=mid)", hu[:, :, c[2]]))
         for col, (plane, image) in enumerate(planes):
