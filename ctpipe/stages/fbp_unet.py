@@ -32,8 +32,8 @@ from ctpipe.models.postprocessing_unet import PostProcessingUNet, PostProcessing
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage, freeze
 from ctpipe.stages.fbp_window import LEARNED_MODEL, WindowModelConfig, build_window
-from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
-                                          shard_geometry)
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, hann_predictor, load_lodopab_splits,
+                                          lodopab_metrics, shard_geometry)
 from ctpipe.task import Stepper
 
 STAGE = "fbp_unet"
@@ -206,8 +206,7 @@ def predictors(cfg: FBPUNetConfig, task: FBPUNetTask, device: torch.device) -> d
     fbp_image = OncePerBatch(lambda b: task.fbp_image(b["sinogram"]))
     out: dict[str, Predictor] = {}
     if cfg.model.window_checkpoint:
-        baseline = LearnableFBP.hann_baseline(task.geometry, cfg.model.padding).to(device).eval()
-        out[HANN_MODEL] = lambda b: baseline(b["sinogram"])
+        out[HANN_MODEL] = hann_predictor(task.geometry, cfg.model.padding, device)
         out[LEARNED_MODEL] = fbp_image
     else:
         out[HANN_MODEL] = fbp_image  # the frozen FBP is exactly the Hann-0.641 baseline

@@ -16,8 +16,8 @@ from ctpipe.models.learnable_fbp import LearnableFBP
 from ctpipe.ops.filters import LODOPAB_HANN_SCALING, FixedWindow, WindowII
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage, freeze
-from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, load_lodopab_splits, lodopab_metrics,
-                                          shard_geometry)
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, hann_predictor, load_lodopab_splits,
+                                          lodopab_metrics, shard_geometry)
 from ctpipe.task import Stepper
 
 LEARNED_MODEL = "learned_window"  # experiment 1's trained model in the eval tables
@@ -97,8 +97,8 @@ class FBPWindowTask:
 
 def predictors(cfg: FBPWindowConfig, task: FBPWindowTask, device: torch.device) -> dict[str, Predictor]:
     """The FBP-Hann-0.641 baseline and the learned window."""
-    baseline = LearnableFBP.hann_baseline(task.geometry, padding=cfg.model.padding).to(device).eval()
-    return {HANN_MODEL: lambda b: baseline(b["sinogram"]), LEARNED_MODEL: lambda b: task.model(b["sinogram"])}
+    return {HANN_MODEL: hann_predictor(task.geometry, cfg.model.padding, device),
+            LEARNED_MODEL: lambda b: task.model(b["sinogram"])}
 
 
 FBP_WINDOW: Stage[FBPWindowConfig, FBPWindowTask] = Stage(

@@ -11,8 +11,9 @@ from ctpipe.config import DataConfig
 from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.shards import read_manifest
 from ctpipe.metrics import mae, metric_column, psnr, ssim
+from ctpipe.models.learnable_fbp import LearnableFBP
 from ctpipe.ops.geometry import ParallelBeamGeometry
-from ctpipe.stages.base import Evaluation, MetricFn
+from ctpipe.stages.base import Evaluation, MetricFn, Predictor
 
 LODOPAB_FIELDS = ("sinogram", "image")
 HANN_MODEL = "fbp_hann"  # the published LoDoPaB baseline (Hann window, frequency scaling 0.641) in eval tables
@@ -24,6 +25,12 @@ def shard_geometry(root: str | Path) -> ParallelBeamGeometry:
     if not geometry:
         raise ValueError(f"shard set {root} records no geometry in its manifest; re-run `ctpipe prep lodopab`")
     return ParallelBeamGeometry.from_dict(geometry)
+
+
+def hann_predictor(geometry: ParallelBeamGeometry, padding: bool, device: torch.device) -> Predictor:
+    """The :data:`HANN_MODEL` baseline as an evaluation predictor: sinogram -> FBP-Hann-0.641 image."""
+    baseline = LearnableFBP.hann_baseline(geometry, padding).to(device).eval()
+    return lambda batch: baseline(batch["sinogram"])
 
 
 def load_lodopab_splits(cfg: DataConfig) -> tuple[Any, Any, Any]:
