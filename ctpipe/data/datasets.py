@@ -46,6 +46,23 @@ def _split_index(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(shards), np.concatenate(rows)
 
 
+def load_splits(data: Any, fields: Sequence[str]) -> tuple[ShardDataset, ShardDataset | None, ShardDataset | None]:
+    """Train / validation / test datasets of ``fields`` from the shard set of ``data`` (a data config: ``root``,
+    ``train_split``, ``val_split``, ``test_split``); validation and test are None when their split is empty,
+    an empty training split raises."""
+    splits = read_manifest(data.root).splits
+
+    def load(split: str) -> ShardDataset | None:
+        return ShardDataset(data.root, split, tuple(fields)) if splits.get(split) else None
+
+    train = load(data.train_split)
+    if train is None:
+        counts = {name: len(patients) for name, patients in splits.items()}
+        raise ValueError(f"shard set {data.root} has no patients in split {data.train_split!r}; patients per split: "
+                         f"{counts}")
+    return train, load(data.val_split), load(data.test_split)
+
+
 def check_split_names(root: str | os.PathLike[str], names: Mapping[str, str]) -> None:
     """Refuse a configured split name (``{option: name}``) that the shard set at ``root`` does not have.
 

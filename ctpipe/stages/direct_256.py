@@ -19,6 +19,7 @@ import torch
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.xray2ct import XRAY2CT_TINY
@@ -28,7 +29,7 @@ from ctpipe.stages.base import Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64
 from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, trained_volume_model, xray_input)
+                                          trained_volume_model, xray_input)
 from ctpipe.stages.xray2ct_evaluation import with_baselines, xray_evaluation
 
 STAGE = "direct_256"
@@ -96,7 +97,7 @@ class Direct256Task(VolumeTaskSteps):
         self.high_size = field_size(cfg.data.root, cfg.data.high_field)
         self.network = resolve_direct_network(cfg.model, self.high_size, cfg.train.gradient_checkpointing)
         check_shard_set(cfg.data, self.network.backbone.xray_size)
-        self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
         self.model = build_model(cfg, {"output_size": self.high_size})
         if cfg.init_from_stage1:
             self.model.load_stage1_state_dict(STAGE1_64.load_trained(cfg.init_from_stage1).model.state_dict())

@@ -25,6 +25,7 @@ from torch import nn
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, from_dict, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.distributed import DistEnv
 from ctpipe.losses import CompositeLoss, LossWeights
 from ctpipe.models.learnable_fbp import LearnableFBP
@@ -32,7 +33,7 @@ from ctpipe.models.postprocessing_unet import PostProcessingUNet, PostProcessing
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage, freeze
 from ctpipe.stages.fbp_window import LEARNED_MODEL, WindowModelConfig, build_window
-from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, hann_predictor, load_lodopab_splits,
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, LODOPAB_FIELDS, hann_predictor,
                                           lodopab_metrics, shard_geometry)
 from ctpipe.task import Stepper
 
@@ -158,7 +159,7 @@ class FBPUNetTask:
         self.loss_fn = CompositeLoss(cfg.loss).to(device)
         self.geometry = shard_geometry(cfg.data.root)
         _check_loss_fits(self.loss_fn, self.geometry.n_pixels)
-        self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, LODOPAB_FIELDS)
         self.modules = build_model(cfg, {"geometry": self.geometry})
         self.fbp, self.unet = self.modules["fbp"], self.modules["unet"]
         self.optimizers = {"unet": build_optimizer(self.unet.parameters(), cfg.optim)}

@@ -11,12 +11,13 @@ from torch import nn
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.distributed import DistEnv
 from ctpipe.models.learnable_fbp import LearnableFBP
 from ctpipe.ops.filters import LODOPAB_HANN_SCALING, FixedWindow, WindowII
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Predictor, Stage, freeze
-from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, hann_predictor, load_lodopab_splits,
+from ctpipe.stages.lodopab_common import (HANN_MODEL, LODOPAB_EVALUATION, LODOPAB_FIELDS, hann_predictor,
                                           lodopab_metrics, shard_geometry)
 from ctpipe.task import Stepper
 
@@ -71,7 +72,7 @@ class FBPWindowTask:
     def __init__(self, cfg: FBPWindowConfig, env: DistEnv, device: torch.device) -> None:
         self.cfg = cfg
         self.geometry = shard_geometry(cfg.data.root)
-        self.train_set, self.val_set, self.test_set = load_lodopab_splits(cfg.data)
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, LODOPAB_FIELDS)
         self.model = build_model(cfg, {"geometry": self.geometry})
         self.modules = {"model": self.model}
         self.optimizers = {"model": build_optimizer(self.model.parameters(), cfg.optim)}

@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 
-from ctpipe.config import DataConfig
-from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.shards import read_manifest
 from ctpipe.metrics import mae, metric_column, psnr, ssim
 from ctpipe.models.learnable_fbp import LearnableFBP
@@ -31,19 +29,6 @@ def hann_predictor(geometry: ParallelBeamGeometry, padding: bool, device: torch.
     """The :data:`HANN_MODEL` baseline as an evaluation predictor: sinogram -> FBP-Hann-0.641 image."""
     baseline = LearnableFBP.hann_baseline(geometry, padding).to(device).eval()
     return lambda batch: baseline(batch["sinogram"])
-
-
-def load_lodopab_splits(cfg: DataConfig) -> tuple[Any, Any, Any]:
-    """Train / validation / test ShardDatasets (validation and test may be None when the split is empty)."""
-    splits = read_manifest(cfg.root).splits
-
-    def load(split: str) -> Any:
-        return ShardDataset(cfg.root, split, LODOPAB_FIELDS) if splits.get(split) else None
-
-    train = load(cfg.train_split)
-    if train is None:
-        raise ValueError(f"shard set {cfg.root} has no samples in split {cfg.train_split!r}; splits: {sorted(splits)}")
-    return train, load(cfg.val_split), load(cfg.test_split)
 
 
 def lodopab_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

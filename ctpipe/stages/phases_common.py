@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.nifti_pairs import prep_settings
 from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.data.shards import read_manifest
@@ -51,21 +50,6 @@ def read_prep_info(root: str | Path) -> PrepInfo:
                                 "or set data.root") from None
     window, size = prep_settings(manifest.attrs)
     return PrepInfo(window, size)
-
-
-def load_phase_splits(cfg: PhaseDataConfig) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    """Train / validation / test slice datasets (validation and test are None when their split is empty)."""
-    splits = read_manifest(cfg.root).splits
-    fields = (cfg.input_field, cfg.target_field)
-
-    def load(split: str) -> Dataset | None:
-        return ShardDataset(cfg.root, split, fields) if splits.get(split) else None
-
-    train = load(cfg.train_split)
-    if train is None:
-        raise ValueError(f"shard set {cfg.root} has no patients in split {cfg.train_split!r}; splits: "
-                         f"{ {k: len(v) for k, v in splits.items()} }")
-    return train, load(cfg.val_split), load(cfg.test_split)
 
 
 def slice_side(root: str | Path, field: str) -> tuple[int, ...]:

@@ -36,6 +36,7 @@ from torch import nn
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import ConfigError, DataConfig, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.distributed import DistEnv
 from ctpipe.metrics import metric_column, psnr, ssim
 from ctpipe.losses.gan import discriminator_loss, generator_loss
@@ -44,8 +45,8 @@ from ctpipe.models.pix2pix import GENERATORS, UNetGeneratorConfig, UNetGenerator
 from ctpipe.schedule_checks import linear_decay_problem
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import Evaluation, Predictor, Stage, freeze
-from ctpipe.stages.phases_common import (MODEL_NAME, SLICE_RANGE, PrepInfo, load_phase_splits,
-                                         phase_predictors, read_prep_info, score_volumes, slice_side)
+from ctpipe.stages.phases_common import (MODEL_NAME, SLICE_RANGE, PrepInfo, phase_predictors, read_prep_info,
+                                         score_volumes, slice_side)
 from ctpipe.task import Stepper
 
 STAGE = "pix2pix_phase"
@@ -190,7 +191,8 @@ class Pix2PixPhaseTask:
         if len(side) != 2:
             raise ConfigError(f"{STAGE}: field {cfg.data.input_field!r} in {cfg.data.root} has shape {side}, "
                               "expected 2D slices; re-run `ctpipe prep nifti-pairs`")
-        self.train_set, self.val_set, self.test_set = load_phase_splits(cfg.data)
+        fields = (cfg.data.input_field, cfg.data.target_field)
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, fields)
         built = build_model(cfg, {"slice_shape": side, "where": str(cfg.data.root)})
         log.info("%s: U-Net num_downs=%d for %s slices (%s)", STAGE, built["G"].config.num_downs,
                  "x".join(map(str, side)), "model.num_downs" if cfg.model.num_downs is not None else

@@ -26,6 +26,7 @@ import torch
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import ConfigError, OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.data.shards import sha256_file
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
@@ -36,7 +37,7 @@ from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.stage1_64 import STAGE1_64, TRILINEAR_MODEL
 from ctpipe.stages.xray2ct_common import (COSINE_SCHEDULE, HIGH_RES_LOSS, XRAY_FIELD, NetworkChoice, TrainedVolumeModel,
                                           VolumeTaskSteps, XRayDataConfig, check_shard_set, field_size,
-                                          load_xray_splits, trained_volume_model, xray_input)
+                                          trained_volume_model, xray_input)
 from ctpipe.stages.xray2ct_evaluation import with_baselines, xray_evaluation
 
 STAGE = "refine_256"
@@ -121,7 +122,7 @@ class Refine256Task(VolumeTaskSteps):
                               f"{cfg.data.high_field!r} holds {self.high_size}^3 volumes; prep the shard set with "
                               f"--volume-size {4 * low}")
         self.network = resolve_refine_network(cfg.model, low, cfg.train.gradient_checkpointing)
-        self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, [XRAY_FIELD, cfg.data.high_field])
         self.model = build_model(cfg, {"input_size": low, "output_size": self.high_size})
         self.loss = VolumeLoss(cfg.loss).to(device)
         self.modules = {self.module_name: self.model}

@@ -27,6 +27,7 @@ import torch
 
 from ctpipe.checkpoint import RunCheckpoint, read_run_checkpoint
 from ctpipe.config import OptimConfig, SchedulerConfig, TrainConfig, to_dict
+from ctpipe.data.datasets import load_splits
 from ctpipe.distributed import DistEnv, ddp_find_unused
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
 from ctpipe.models.lift_ct import LiftCT
@@ -35,7 +36,7 @@ from ctpipe.models.stage1_net import Stage1Net
 from ctpipe.schedules import build_optimizer
 from ctpipe.stages.base import OncePerBatch, Predictor, Stage
 from ctpipe.stages.xray2ct_common import (XRAY_FIELD, Stage1ModelConfig, TrainedVolumeModel, VolumeTaskSteps,
-                                          XRayDataConfig, check_shard_set, field_size, has_field, load_xray_splits,
+                                          XRayDataConfig, check_shard_set, field_size, has_field,
                                           resolve_stage1_network, trained_volume_model, xray_input)
 from ctpipe.stages.xray2ct_evaluation import training_arrays, training_reference, with_baselines, xray_evaluation
 
@@ -92,7 +93,7 @@ class Stage1Task(VolumeTaskSteps):
                              f"outputs {self.network.volume_size}^3; pick the matching field or model")
         self.high_field = cfg.data.high_field if has_field(cfg.data.root, cfg.data.high_field) else None
         fields = [XRAY_FIELD, cfg.data.volume_field] + ([self.high_field] if self.high_field else [])
-        self.train_set, self.val_set, self.test_set = load_xray_splits(cfg.data, fields)
+        self.train_set, self.val_set, self.test_set = load_splits(cfg.data, fields)
         self.model = build_model(cfg, {})
         if isinstance(self.model.net, LiftCT):  # its prior, from the training split (restored again on resume)
             if self.model.net.config.prior == "nearest":

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 
 from ctpipe.checkpoint import RunCheckpoint
 from ctpipe.config import ConfigError, SchedulerConfig
-from ctpipe.data.datasets import ShardDataset
 from ctpipe.data.shards import read_manifest
 from ctpipe.intensity import XRAY2CT_HU_WINDOW
 from ctpipe.losses import VolumeLoss, VolumeLossConfig
@@ -164,19 +163,6 @@ def check_shard_set(cfg: XRayDataConfig, xray_size: int) -> None:
     if have != xray_size:
         raise ConfigError(f"shard set {cfg.root} holds {have}^2 X-rays, the network expects xray_size={xray_size}; "
                           "re-run `ctpipe prep drr --xray-size` or change the model")
-
-
-def load_xray_splits(cfg: XRayDataConfig, fields: Sequence[str]) -> tuple[Any, Any, Any]:
-    """Train / validation / test ShardDatasets of ``fields`` (validation/test None when empty)."""
-    splits = read_manifest(cfg.root).splits
-
-    def load(split: str) -> Any:
-        return ShardDataset(cfg.root, split, tuple(fields)) if splits.get(split) else None
-
-    train = load(cfg.train_split)
-    if train is None:
-        raise ValueError(f"shard set {cfg.root} has no samples in split {cfg.train_split!r}; splits: {sorted(splits)}")
-    return train, load(cfg.val_split), load(cfg.test_split)
 
 
 def xray_input(batch: Mapping[str, Any]) -> Tensor:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ctpipe.data.datasets import ShardDataset, patients_in
+from ctpipe.config import DataConfig
+from ctpipe.data.datasets import ShardDataset, load_splits, patients_in
 from ctpipe.data.shards import FieldSpec, finalize_manifest, patient_split, shard_path, write_shard
 
 FIELDS = {"input": FieldSpec((6, 5), "float16", unit="a.u."), "target": FieldSpec((3, 4, 4), "float32", unit="HU")}
@@ -79,6 +80,17 @@ def test_unknown_split_or_field_lists_what_exists(shard_set) -> None:
         ShardDataset(root, "train", ["input", "image"])
     with pytest.raises(KeyError, match="'dev'"):
         patients_in(root, "dev")
+
+
+def test_load_splits_gives_the_three_splits_and_none_for_an_empty_one(shard_set) -> None:
+    root, truth = shard_set
+    train, val, test = load_splits(DataConfig(root=str(root)), ["target"])
+    assert [len(d) for d in (train, val, test)] == [len(_expected_ids(root, truth, s))
+                                                    for s in ("train", "validation", "test")]
+    _, val, _ = load_splits(DataConfig(root=str(root), val_split=""), ["target"])  # no validation on purpose
+    assert val is None
+    with pytest.raises(ValueError, match=rf"no patients in split ''.*'train': {len(patients_in(root, 'train'))}"):
+        load_splits(DataConfig(root=str(root), train_split=""), ["target"])
 
 
 def test_pickling_drops_open_handles(shard_set) -> None:

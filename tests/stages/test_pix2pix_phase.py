@@ -14,12 +14,13 @@ import torch
 from ctpipe.checkpoint import LATEST, load_checkpoint
 from ctpipe.config import ConfigError, build_config, load_json
 from ctpipe.data import synthetic_phases as sp
+from ctpipe.data.datasets import load_splits
 from ctpipe.data.nifti_pairs import canonical_slices, load_volume, prep_nifti_pairs
 from ctpipe.infer_pix2pix import evaluate_volume
 from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.runner import run_stage, stage_config_path
 from ctpipe.schedules import linear_decay_factor
-from ctpipe.stages.phases_common import load_phase_splits, predict_volumes
+from ctpipe.stages.phases_common import predict_volumes
 from ctpipe.stages.pix2pix_phase import (Pix2PixLossConfig, Pix2PixModelConfig, Pix2PixPhaseConfig, load_trained_generator,
                                         resolve_num_downs)
 from ctpipe.train import StopFlag
@@ -127,7 +128,8 @@ def test_generator_beats_identity_on_whole_volumes(cohort: Path, tmp_path: Path)
     assert run_stage("pix2pix_phase", run, over).status == "completed"
     trained = load_trained_generator(run / "checkpoints" / "best.pt")
     assert (trained.config.loss.lambda_l1, trained.config.loss.gan_mode) == (50.0, "vanilla")  # the seeds'
-    _, val_set, test_set = load_phase_splits(trained.config.data)
+    data = trained.config.data
+    _, val_set, test_set = load_splits(data, (data.input_field, data.target_field))
     window = trained.prep.window
     table = []
     for split, dataset in (("validation", val_set), ("test", test_set)):

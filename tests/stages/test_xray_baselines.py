@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
+from ctpipe.data.datasets import load_splits
 from ctpipe.data.drr_prep import prep_drr
 from ctpipe.data.shards import read_manifest
 from ctpipe.data.synthetic_ct import write_synthetic_ct
 from ctpipe.report import add_baseline_margin
 from ctpipe.stages.base import score_samples, write_split
-from ctpipe.stages.xray2ct_common import XRayDataConfig, load_xray_splits
+from ctpipe.stages.xray2ct_common import XRayDataConfig
 from ctpipe.stages.xray2ct_evaluation import nearest_xray_indices, training_reference, with_baselines, xray_evaluation
 
 
@@ -59,7 +60,7 @@ def test_baselines_match_a_hand_computation(shards: Path, tmp_path: Path) -> Non
                                          torch.device("cpu"))
     assert targets == {"constant": "volume_12", "constant_hi": "volume_16", "mean_volume": "volume_12", "nearest_xray": "volume_12",
                        "mean_volume_16": "volume_16", "nearest_xray_16": "volume_16"}
-    _, val_set, test_set = load_xray_splits(cfg, ["xray", "volume_12", "volume_16"])
+    _, val_set, test_set = load_splits(cfg, ["xray", "volume_12", "volume_16"])
     for split, dataset in (("validation", val_set), ("test", test_set)):
         # the stages' X-ray evaluation: its targets, metric and columns (eval_size read from the shard set)
         evaluation = xray_evaluation(lambda c, t: {"constant": "volume_12", "constant_hi": "volume_16"},
