@@ -66,7 +66,8 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device`` (other entries, such as sample ids, as they are)."""
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
@@ -331,7 +332,7 @@ class Trainer:
             if state.step_in_epoch >= self.steps_per_epoch:
                 break
             check_batch(batch, self.task.train_set)
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             with named_nondeterminism():
                 terms = self.task.train_step(batch, self.stepper)
             self.stepper.end_micro_step()
@@ -378,7 +379,7 @@ class Trainer:
         rate = RateLog(len(loader), 0, self.cfg.log_every, self.cfg.log_interval_s)
         for batch in loader:
             check_batch(batch, dataset)
-            batch = _to_device(batch, self.device)
+            batch = to_device(batch, self.device)
             with self.stepper.autocast(), named_nondeterminism():
                 values = self.task.eval_step(batch)
             if rate.step() and self.env.is_main:
@@ -435,7 +436,7 @@ class Trainer:
             return
         self._set_train_mode(False)
         with self.stepper.autocast():
-            images = shows.example_images(_to_device(collate([self.task.val_set[0]]), self.device))
+            images = shows.example_images(to_device(collate([self.task.val_set[0]]), self.device))
         self.tb.images(epoch, {k: v.detach().float().cpu().numpy() for k, v in images.items()})
 
     def _update_best(self, value: float | None) -> bool:

@@ -25,7 +25,7 @@ from ctpipe.distributed import DistEnv
 from ctpipe.progress import track
 from ctpipe.run_files import BASELINE, EVAL_COUNTS, ROLE_COLUMN, TRAINED
 from ctpipe.task import Task
-from ctpipe.train import collate
+from ctpipe.train import collate, to_device
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +153,6 @@ def evaluate_run(stage: Stage[C, T], cfg: C, task: T, run_dir: Path, device: tor
                 evaluation.figure(cfg, pred, target, out_dir / f"{name}_slices.png", f"{name} / {sample}")
 
 
-def _on_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-
-
 @torch.no_grad()
 def score_samples(predictors: Mapping[str, Predictor], targets: Mapping[str, str], metric: MetricFn,
                   dataset: Dataset, device: torch.device, batch_size: int = 8, n_examples: int = 4,
@@ -169,7 +165,7 @@ def score_samples(predictors: Mapping[str, Predictor], targets: Mapping[str, str
     scores = SplitScores({name: [] for name in predictors}, {"target": []})
     example_key = ""
     for batch in track(loader, f"final evaluation ({label})", "batches"):
-        batch = _on_device(batch, device)
+        batch = to_device(batch, device)
         if not example_key:
             example_key = max(targets.values(), key=lambda key: batch[key][0].numel())
             scores.examples.update({n: [] for n in predictors if targets[n] == example_key})

@@ -18,7 +18,7 @@ from ctpipe.intensity import symmetric_unit_to_hu
 from ctpipe.data.shards import read_manifest
 from ctpipe.progress import track
 from ctpipe.stages.base import Predictor, SplitScores
-from ctpipe.train import collate
+from ctpipe.train import collate, to_device
 from ctpipe.volume_scores import evaluate_volume
 
 if TYPE_CHECKING:  # the config lives with the stage, which imports this module
@@ -113,7 +113,7 @@ def stack_volumes(predictors: Mapping[str, Predictor], dataset: Dataset, data: P
         return VolumeSlices(current, target, arrays)
 
     for batch in track(loader, f"final evaluation ({label})", "batches"):
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        batch = to_device(batch, device)
         columns = {"target": batch[data.target_field][:, 0].float().cpu().numpy(),
                    **{name: predict(batch).float().clamp(*SLICE_RANGE)[:, 0].cpu().numpy()
                       for name, predict in predictors.items()}}
